@@ -74,9 +74,8 @@ def read_checkpoint(uri: str) -> dict[str, Any]:
         raise CheckpointError(f"{file_uri}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(raw, dict):
         raise CheckpointError(f"{file_uri}: expected a dict checkpoint, got {type(raw).__name__}")
-    if raw.get("format") == FORMAT:
-        return raw
-    return _from_field_format(raw, file_uri)
+    ckpt = raw if raw.get("format") == FORMAT else _from_field_format(raw, file_uri)
+    return {**ckpt, "uri": file_uri}
 
 
 def _from_field_format(raw: dict[str, Any], uri: str) -> dict[str, Any]:
@@ -158,17 +157,17 @@ def build_generator(ckpt: dict[str, Any], which: str = "g_ema") -> Generator:
     if which not in ("g", "g_ema"):
         raise ValueError(f"which: expected 'g' or 'g_ema', got {which!r}")
     if which not in ckpt:
-        raise CheckpointError(f"{ckpt.get('source', 'checkpoint')}: has no {which!r}; it holds {[k for k in NETWORK_KEYS if k in ckpt]}")
+        raise CheckpointError(f"{ckpt.get('uri', 'checkpoint')}: has no {which!r}; it holds {[k for k in NETWORK_KEYS if k in ckpt]}")
     g = Generator(model_config(ckpt))
-    load_state_strict(g, ckpt[which], f"{ckpt.get('source', 'checkpoint')}[{which}]")
+    load_state_strict(g, ckpt[which], f"{ckpt.get('uri', 'checkpoint')}[{which}]")
     return g.eval()
 
 
 def build_discriminator(ckpt: dict[str, Any]) -> Discriminator:
     if "d" not in ckpt:
-        raise CheckpointError(f"{ckpt.get('source', 'checkpoint')}: has no discriminator 'd'")
+        raise CheckpointError(f"{ckpt.get('uri', 'checkpoint')}: has no discriminator 'd'")
     d = Discriminator(model_config(ckpt))
-    load_state_strict(d, ckpt["d"], f"{ckpt.get('source', 'checkpoint')}[d]")
+    load_state_strict(d, ckpt["d"], f"{ckpt.get('uri', 'checkpoint')}[d]")
     return d.eval()
 
 
@@ -176,7 +175,7 @@ def build_patch_heads(ckpt: dict[str, Any], d: Discriminator) -> PatchHeads:
     """The checkpoint's extra patch heads, or fresh ones when it has none (a source model)."""
     heads = PatchHeads(d.patch_map_channels())
     if "heads" in ckpt:
-        load_state_strict(heads, ckpt["heads"], f"{ckpt.get('source', 'checkpoint')}[heads]")
+        load_state_strict(heads, ckpt["heads"], f"{ckpt.get('uri', 'checkpoint')}[heads]")
     return heads
 
 

@@ -1,0 +1,17 @@
+"""The registry of adaptation methods: `--method NAME` picks one; adding a method is one small file."""
+
+from fsg_ray.adapt.methods.base import Method, Networks
+from fsg_ray.adapt.methods.cdc import CDC
+from fsg_ray.adapt.methods.tgan import TGAN
+from fsg_ray.config import AdaptConfig
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CDC, TGAN)}
+
+
+def make_method(config: AdaptConfig) -> Method:
+    if config.method not in METHODS:
+        raise ValueError(f"method: unknown {config.method!r}; available: {', '.join(sorted(METHODS))}")
+    return METHODS[config.method](config)
+
+
+__all__ = ["METHODS", "Method", "Networks", "make_method"]

@@ -1,0 +1,135 @@
+"""A whole adaptation run: source + target + config -> checkpoints and correspondence grids under a run URI.
+
+`run_adaptation` is what `fsg adapt` calls in one process and what every Ray Train worker calls;
+they differ only in the `RunSink` (where checkpoints go) and `Distributed` (gradient averaging).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from tqdm import tqdm
+
+from fsg_ray import storage
+from fsg_ray.adapt.loop import Adaptation, Distributed, StepStats, new_adaptation
+from fsg_ray.config import AdaptConfig, config_to_dict
+from fsg_ray.data.images import FewShotImages, load_target, warn_if_few
+from fsg_ray.grids import pair_grid, save_png, seeded_z
+from fsg_ray.nets.checkpoints import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    checkpoint_dir_name,
+    latest_checkpoint_dir,
+    model_config,
+    read_checkpoint,
+    write_checkpoint,
+)
+
+GRID_SEEDS = list(range(16))
+SCHEDULE_KEYS = {"steps", "checkpoint_every", "sample_every", "keep_checkpoints"}  # change no weight
+
+
+class RunSink(Protocol):
+    """Where a run's checkpoints, grids and metrics go."""
+
+    def latest_checkpoint(self) -> dict[str, Any] | None: ...
+
+    def save_checkpoint(self, step: int, ckpt: dict[str, Any], metrics: dict[str, float]) -> None: ...
+
+    def save_grid(self, step: int, grid: Any) -> None: ...
+
+
+@dataclass
+class DirectorySink:
+    """A run directory, local or `s3://`: `checkpoint_000500/state.pt`, `samples/step_000500.png`."""
+
+    run_uri: str
+    keep: int | None = None
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        latest = latest_checkpoint_dir(self.run_uri)
+        return None if latest is None else read_checkpoint(storage.join(self.run_uri, latest, CHECKPOINT_FILE))
+
+    def save_checkpoint(self, step: int, ckpt: dict[str, Any], metrics: dict[str, float]) -> None:
+        write_checkpoint(storage.join(self.run_uri, checkpoint_dir_name(step), CHECKPOINT_FILE), ckpt)
+        if self.keep is not None:
+            names = sorted(n for n in storage.list_dir(self.run_uri) if n.startswith("checkpoint_"))
+            for old in names[: -self.keep]:
+                storage.delete(storage.join(self.run_uri, old))
+
+    def save_grid(self, step: int, grid: Any) -> None:
+        save_png(storage.join(self.run_uri, "samples", f"step_{step:06d}.png"), grid)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    source: str
+    target: str
+    config: AdaptConfig
+    resume_from: str | None = None
+
+
+def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> None:
+    """A run continues only under the config it was started with; only `steps` may grow."""
+    stored = ckpt.get("config", {})
+    wanted = config_to_dict(config)
+    for key in sorted(set(wanted) - SCHEDULE_KEYS):
+        if stored.get(key) != wanted[key]:
+            raise CheckpointError(f"{where}: cannot resume, config {key} was {stored.get(key)!r}, now {wanted[key]!r}")
+
+
+def prepare(spec: RunSpec, dist: Distributed | None = None) -> Adaptation:
+    source = read_checkpoint(spec.source)
+    images = load_target(spec.target, model_config(source).size)
+    warn_if_few(images, spec.config.anchors.count)
+    return new_adaptation(source, FewShotImages(images), spec.config, dist)
+
+
+@torch.no_grad()
+def correspondence_grid(run: Adaptation) -> Any:
+    """The same z and the same stored noise through G_s and G_ema, source row above target row."""
+    z = seeded_z(GRID_SEEDS, run.style_dim)
+    return pair_grid(run.nets.g_source(z, noise="const"), run.nets.g_ema(z, noise="const"))
+
+
+def stats_line(stats: StepStats) -> dict[str, float]:
+    line = {"d": stats.d_loss, "g": stats.g_loss}
+    if stats.cdc_loss:
+        line["cdc"] = stats.cdc_loss
+    return line
+
+
+def run_adaptation(spec: RunSpec, sink: RunSink, dist: Distributed | None = None, progress: bool = True, on_step: Callable[[Adaptation], None] | None = None) -> Adaptation:
+    """Train from the sink's latest checkpoint (or `resume_from`, or the start) to `config.steps`."""
+    run = prepare(spec, dist)
+    ckpt = read_checkpoint(spec.resume_from) if spec.resume_from else sink.latest_checkpoint()
+    if ckpt is not None:
+        check_resumable(ckpt, spec.config, ckpt["uri"])
+        run.restore(ckpt)
+    return train_until_done(run, spec, sink, progress, on_step)
+
+
+def train_until_done(run: Adaptation, spec: RunSpec, sink: RunSink, progress: bool = True, on_step: Callable[[Adaptation], None] | None = None) -> Adaptation:
+    config = spec.config
+    bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc="adapt", unit="step")
+    started, first_step = time.perf_counter(), run.step
+    while run.step < config.steps:
+        stats = run.train_step()
+        bar.update(1)
+        bar.set_postfix(stats_line(stats), refresh=False)
+        if on_step is not None:
+            on_step(run)
+        done = run.step == config.steps
+        if run.step % config.sample_every == 0 or done:
+            sink.save_grid(run.step, correspondence_grid(run))
+        if run.step % config.checkpoint_every == 0 or done:
+            elapsed = time.perf_counter() - started
+            steps = run.step - first_step
+            metrics = {**stats_line(stats), "step": run.step, "step_time_s": elapsed / steps, "images_per_s": steps * config.batch / elapsed}
+            sink.save_checkpoint(run.step, run.checkpoint(spec.source, spec.target), metrics)
+    bar.close()
+    return run

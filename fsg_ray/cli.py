@@ -1,0 +1,155 @@
+"""The `fsg` command: parse, build the config, call one entry point per verb."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import torch
+
+from fsg_ray import storage
+from fsg_ray.config import ConfigError, load_config
+from fsg_ray.data.images import TargetDataError
+from fsg_ray.nets.checkpoints import CheckpointError, export_checkpoint, load_generator
+from fsg_ray.nets.stylegan2 import ModelConfig
+
+DEMO_STEPS = 300
+
+
+def _adapt_config(args: argparse.Namespace):
+    overrides = list(args.set or [])
+    for flag in ("steps", "method", "seed", "batch"):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{flag}={value}")
+    return load_config(args.config, overrides)
+
+
+def cmd_adapt(args: argparse.Namespace) -> None:
+    from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
+
+    config = _adapt_config(args)
+    spec = RunSpec(source=args.source, target=args.target, config=config, resume_from=args.resume)
+    run_adaptation(spec, DirectorySink(args.out, keep=config.keep_checkpoints), progress=not args.quiet)
+    print(f"checkpoints and grids: {args.out}  (load with fsg_ray.load_generator({args.out!r}))")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from fsg_ray.grids import image_grid, pair_grid, parse_seeds, save_png, seeded_z
+
+    g = load_generator(args.generator)
+    z = seeded_z(parse_seeds(args.seeds), g.style_dim)
+    with torch.no_grad():
+        images = g(z, truncation=args.truncation, noise="const")
+        if args.pair_with:
+            source = load_generator(args.pair_with)
+            grid = pair_grid(source(z, truncation=args.truncation, noise="const"), images, columns=args.columns)
+        else:
+            grid = image_grid(images, columns=args.columns)
+    save_png(args.out, grid)
+    print(f"wrote {args.out}")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    keys = export_checkpoint(args.uri, args.out)
+    print(f"wrote {args.out} with keys {', '.join(keys)}")
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from fsg_ray.adapt.pretrain import pretrain
+
+    model = ModelConfig(size=args.size, style_dim=args.style_dim, n_mlp=args.n_mlp, channel_multiplier=args.channel_multiplier, channel_max=args.channel_max)
+    config = _adapt_config(argparse.Namespace(**{**vars(args), "method": "tgan"}))
+    pretrain(model, args.domain, args.images, config, args.out, args.export, progress=not args.quiet)
+    print(f"run: {args.out}" + (f"; field-format checkpoint: {args.export}" if args.export else ""))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """The main job on the built-in default: shipped toy source -> 10-shot toy:sketch with CDC."""
+    from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
+
+    out = args.out
+    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50"])
+    started = time.perf_counter()
+    spec = RunSpec(source="toy:faces", target="toy:sketch", config=config)
+    run_adaptation(spec, DirectorySink(out), progress=not args.quiet)
+    grid = storage.join(out, "samples", f"step_{args.steps:06d}.png")
+    print(f"demo finished in {time.perf_counter() - started:.0f} s")
+    print(f"correspondence grid (source row above adapted row, same z and noise): {grid}")
+    print(f"checkpoints: {out}/checkpoint_*/state.pt; sample more with: fsg sample --generator {out} --pair-with toy:faces --seeds 0-15 --out grid.png")
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with AdaptConfig fields")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. cdc.weight=500 (repeatable)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fsg", description="Few-shot image generation via cross-domain correspondence.")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    p = verbs.add_parser("adapt", help="adapt a source generator to ~10 target images")
+    p.add_argument("--source", required=True, help="checkpoint URI (field .pt, fsg-ray checkpoint, run dir) or toy:faces")
+    p.add_argument("--target", required=True, help="folder, .zip, .parquet or toy:NAME")
+    p.add_argument("--out", required=True, help="run URI (local path or s3://bucket/prefix)")
+    p.add_argument("--method", help="cdc (default), tgan, ...")
+    p.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint instead of the latest under --out")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_adapt)
+
+    p = verbs.add_parser("sample", help="a grid of samples for given seeds")
+    p.add_argument("--generator", required=True)
+    p.add_argument("--seeds", default="0-15")
+    p.add_argument("--pair-with", help="a source generator: show its sample above each one, same z and noise")
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.add_argument("--columns", type=int, default=8)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_sample)
+
+    p = verbs.add_parser("export", help="write a generator/run in the field's .pt format (g, g_ema, d)")
+    p.add_argument("uri")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = verbs.add_parser("pretrain", help="train a source StyleGAN2 from scratch on a toy domain")
+    p.add_argument("--domain", default="toy:faces")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--style-dim", type=int, default=512)
+    p.add_argument("--n-mlp", type=int, default=8)
+    p.add_argument("--channel-multiplier", type=int, default=2)
+    p.add_argument("--channel-max", type=int)
+    p.add_argument("--images", type=int, default=4096, help="training-set size")
+    p.add_argument("--out", required=True, help="run URI (checkpoints, grids)")
+    p.add_argument("--export", help="also write the final model here in the field's .pt format")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("demo", help="the built-in default job: toy faces -> 10-shot toy:sketch with CDC")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--steps", type=int, default=DEMO_STEPS)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+USER_ERRORS = (ConfigError, CheckpointError, storage.StorageError, TargetDataError, FileNotFoundError, ValueError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except USER_ERRORS as exc:
+        print(f"fsg {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Typed configuration of an adaptation run: one frozen dataclass tree built from YAML + `key=value` overrides.
+
+Defaults are SPEC.md §2-§3 (the reference code's behaviour). The same object flows to the loop, Ray
+Train workers, Tune trials and into every checkpoint, so a checkpoint alone says how it was made.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema; the message names the key."""
+
+
+@dataclass(frozen=True)
+class CdcConfig:
+    """Cross-domain distance consistency (SPEC §2)."""
+
+    weight: float = 1000.0
+    batch: int = 4
+    variant: str = "official"  # "official": one random layer per row, KL(P_s||P_t); "paper": all layers, KL(P_t||P_s)
+
+
+@dataclass(frozen=True)
+class AnchorConfig:
+    """Anchor regions and the patch-level discriminator (SPEC §3)."""
+
+    count: int = 10
+    every: int = 4
+    std: float = 0.1
+    patch_levels: int = 1
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """StyleGAN2 optimisation with lazy regularisation (SPEC §3)."""
+
+    lr: float = 0.002
+    g_reg_every: int = 4
+    d_reg_every: int = 16
+    r1_gamma: float = 10.0
+    path_weight: float = 2.0
+    path_batch_shrink: int = 2
+    path_decay: float = 0.01
+    ema_decay: float = 0.5 ** (32 / 10000)
+    mixing: float = 0.9
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    method: str = "cdc"
+    steps: int = 5000
+    batch: int = 4
+    seed: int = 0
+    checkpoint_every: int = 500
+    sample_every: int = 500
+    keep_checkpoints: int | None = None
+    cdc: CdcConfig = field(default_factory=CdcConfig)
+    anchors: AnchorConfig = field(default_factory=AnchorConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self) -> None:
+        positive = {"steps": self.steps, "batch": self.batch, "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every}
+        positive |= {"cdc.batch": self.cdc.batch, "anchors.count": self.anchors.count, "anchors.every": self.anchors.every}
+        positive |= {"anchors.patch_levels": self.anchors.patch_levels, "optim.g_reg_every": self.optim.g_reg_every, "optim.d_reg_every": self.optim.d_reg_every}
+        for key, value in positive.items():
+            if value < 1:
+                raise ConfigError(f"{key}: expected a positive integer, got {value}")
+        if self.cdc.batch < 2:
+            raise ConfigError(f"cdc.batch: the distance consistency needs at least 2 samples, got {self.cdc.batch}")
+        if self.cdc.variant not in ("official", "paper"):
+            raise ConfigError(f"cdc.variant: expected 'official' or 'paper', got {self.cdc.variant!r}")
+        if not 0.0 <= self.optim.mixing <= 1.0:
+            raise ConfigError(f"optim.mixing: expected a probability, got {self.optim.mixing}")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build a dataclass tree from nested plain data, rejecting unknown keys and ill-typed values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; valid keys: {', '.join(sorted(names))}")
+    values = {name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in data.items()}
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise ConfigError(f"{prefix or 'config'}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, key + ".")
+    if isinstance(hint, types.UnionType):
+        if value is None and type(None) in hint.__args__:
+            return None
+        (hint,) = [a for a in hint.__args__ if a is not type(None)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` strings (values parsed as YAML scalars) to nested plain data."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: expected key=value")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> AdaptConfig:
+    """Defaults, then the YAML file, then `--set` overrides; every key checked against the schema."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config ({exc})") from exc
+        data = loaded or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    return config_from_dict(AdaptConfig, apply_overrides(data, overrides or []))
