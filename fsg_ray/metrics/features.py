@@ -1,0 +1,173 @@
+"""What the metrics look at: seeded samples of a generator, and image feature extractors for FID/KID.
+
+The reference extractor is clean-fid's "clean" mode: quantize to uint8, PIL bicubic resize to 299,
+TorchScript Inception-v3 pool3 (2048-d). Its weights cannot be downloaded on an offline machine, so
+when they are absent an offline extractor is used instead, and it is named "offline:..." wherever
+its numbers go. Nothing here ever downloads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from cleanfid.downloads_helper import inception_url
+from cleanfid.resize import build_resizer
+from torch import Tensor, nn
+
+INCEPTION_FILENAME = os.path.basename(inception_url)  # "inception-2015-12-05.pt"
+# cleanfid.features.feature_extractor downloads the weights to /tmp on Linux and macOS.
+CLEANFID_CACHE_DIR = Path("/tmp")
+
+OFFLINE_SEED = 0
+OFFLINE_RESOLUTION = 128
+OFFLINE_WIDTHS = (16, 32, 64, 128, 256)
+OFFLINE_NAME = f"offline:random-multiscale-conv(seed={OFFLINE_SEED},res={OFFLINE_RESOLUTION},dim={sum(OFFLINE_WIDTHS)})"
+
+
+class Generator(Protocol):
+    """The project's generator call convention: z [N, style_dim] -> images [N, 3, H, W] in [-1, 1]."""
+
+    style_dim: int
+
+    def __call__(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor: ...
+
+
+class InceptionWeightsError(ValueError):
+    """The Inception weights file named by the user is missing or is not clean-fid's TorchScript model."""
+
+
+def _device_of(G: Generator) -> torch.device:
+    if isinstance(G, nn.Module):
+        for tensor in list(G.parameters()) + list(G.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def generated_images(
+    G: Generator, n: int, batch_size: int = 32, seed: int = 0, truncation: float = 1.0, noise: str = "const"
+) -> Iterator[Tensor]:
+    """Yield `n` images of G in batches, under no_grad.
+
+    All z are drawn at once on the CPU from a torch.Generator seeded with `seed`, so the images depend
+    on the seed only (not on batch size or device), and two generators given the same seed see the
+    same z (what the correspondence metric relies on).
+    """
+    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
+    device = _device_of(G)
+    for start in range(0, n, batch_size):
+        zb = z[start : start + batch_size].to(device)
+        with torch.no_grad():
+            images = G(zb, truncation=truncation, noise=noise)
+        if images.ndim != 4 or tuple(images.shape[:2]) != (len(zb), 3):
+            raise ValueError(f"generator returned shape {tuple(images.shape)}, expected [{len(zb)}, 3, H, W]")
+        yield images
+
+
+def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Tensor]:
+    return images.split(batch_size) if isinstance(images, Tensor) else images
+
+
+@dataclass(frozen=True)
+class FeatureExtractor:
+    """A named map from images [N, 3, H, W] in [-1, 1] to feature vectors [N, D].
+
+    `name` is "inception" (clean-fid's features, comparable with published FIDs) or "offline:..."
+    (not comparable with anything computed by another extractor).
+    """
+
+    name: str
+    embed: Callable[[Tensor], Tensor]
+    device: torch.device
+
+    @property
+    def offline(self) -> bool:
+        return self.name.startswith("offline:")
+
+    def features(self, images: Tensor | Iterable[Tensor], batch_size: int = 64) -> np.ndarray:
+        """Features of a tensor of images (split into batches) or of an iterable of batches, float64."""
+        chunks = []
+        with torch.no_grad():
+            for batch in _batches(images, batch_size):
+                chunks.append(self.embed(batch.to(self.device, torch.float32)).cpu().double().numpy())
+        return np.concatenate(chunks)
+
+
+class RandomMultiscaleConv(nn.Module):
+    """Offline FID features: mean-pooled ReLU maps of a fixed-seed random conv pyramid.
+
+    Input resized to 128x128 (bilinear, antialiased); five stages of 3x3 conv (He-normal weights drawn
+    from a torch.Generator with a fixed seed, no bias) + ReLU, each followed by 2x average pooling;
+    the spatial mean of every stage is kept: 16+32+64+128+256 = 496 features with receptive fields
+    of 3 to 78 of the 128 pixels (colour, edges, texture, layout). Random conv features separate
+    image distributions well (Naeem et al. 2020 use random embeddings for the same purpose), need no
+    download and are identical on every machine; FIDs from them are NOT comparable with Inception FIDs.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = OFFLINE_WIDTHS, resolution: int = OFFLINE_RESOLUTION, seed: int = OFFLINE_SEED):
+        super().__init__()
+        rng = torch.Generator().manual_seed(seed)
+        self.resolution = resolution
+        weights, in_ch = [], 3
+        for out_ch in widths:
+            fan_in = in_ch * 9
+            weights.append(nn.Parameter(torch.randn(out_ch, in_ch, 3, 3, generator=rng) * math.sqrt(2.0 / fan_in), requires_grad=False))
+            in_ch = out_ch
+        self.weights = nn.ParameterList(weights)
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = F.interpolate(images, size=(self.resolution, self.resolution), mode="bilinear", antialias=True, align_corners=False)
+        pooled = []
+        for i, weight in enumerate(self.weights):
+            if i > 0:
+                x = F.avg_pool2d(x, 2)
+            x = F.relu(F.conv2d(x, weight, padding=1))
+            pooled.append(x.mean(dim=(2, 3)))
+        return torch.cat(pooled, dim=1)
+
+
+def _inception_embed(path: Path, device: torch.device) -> Callable[[Tensor], Tensor]:
+    try:
+        model = torch.jit.load(str(path), map_location=device).eval()
+        layers = model.layers
+    except Exception as exc:  # any failure here means "this file is not the model we need"
+        raise InceptionWeightsError(f"{path}: not clean-fid's TorchScript Inception ({INCEPTION_FILENAME}): {exc}") from exc
+    resize = build_resizer("clean")
+
+    def embed(images: Tensor) -> Tensor:
+        # clean mode as for image files: uint8 pixels, per-channel float PIL bicubic resize to 299.
+        pixels = ((images.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        resized = torch.from_numpy(np.stack([resize(p) for p in pixels])).permute(0, 3, 1, 2).to(device)
+        # cleanfid.inception_torchscript.InceptionV3W.forward with resize_inside=False.
+        return layers.forward((resized - 128) / 128).view(len(resized), 2048)
+
+    return embed
+
+
+def build_extractor(inception_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
+    """clean-fid's Inception if its weights are on disk, else the labelled offline extractor.
+
+    `inception_path` is the TorchScript file or a directory holding `inception-2015-12-05.pt`; a path
+    that does not lead to a loadable model raises InceptionWeightsError naming it. Without a path,
+    clean-fid's own cache (`/tmp/inception-2015-12-05.pt`) is looked at; when that is absent the
+    offline extractor is returned, named "offline:...". Never downloads.
+    """
+    device = torch.device(device)
+    if inception_path is not None:
+        path = Path(inception_path)
+        if path.is_dir():
+            path = path / INCEPTION_FILENAME
+        if not path.is_file():
+            raise InceptionWeightsError(f"{path}: Inception weights not found (expected clean-fid's {INCEPTION_FILENAME})")
+        return FeatureExtractor("inception", _inception_embed(path, device), device)
+    cached = CLEANFID_CACHE_DIR / INCEPTION_FILENAME
+    if cached.is_file():
+        return FeatureExtractor("inception", _inception_embed(cached, device), device)
+    return FeatureExtractor(OFFLINE_NAME, RandomMultiscaleConv().to(device).eval(), device)

@@ -1,0 +1,164 @@
+"""Intra-cluster LPIPS (SPEC §4): how diverse a few-shot generator stays instead of copying its 10 images.
+
+LPIPS is the `lpips` package's VGG metric. Its linear heads ship inside the package; the VGG
+backbone weights come from torchvision's cache (`$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth`).
+When that file is absent the backbone is randomly initialised with a fixed seed instead, the model
+is named "offline:..." and the result key becomes `intra_lpips_offline`. Nothing here downloads.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import lpips
+import torch
+from torch import Tensor
+from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
+
+from fsg_ray.metrics.features import Generator, generated_images
+
+_BACKBONE_WEIGHTS = {"vgg": VGG16_Weights.IMAGENET1K_V1, "alex": AlexNet_Weights.IMAGENET1K_V1, "squeeze": SqueezeNet1_1_Weights.IMAGENET1K_V1}
+
+
+class LpipsWeightsError(ValueError):
+    """A cached LPIPS backbone weights file exists but cannot be loaded."""
+
+
+def backbone_weights_path(net: str = "vgg") -> Path:
+    """Where torchvision keeps the ImageNet weights of the LPIPS backbone `net` (honours TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(_BACKBONE_WEIGHTS[net].url)
+
+
+@dataclass(frozen=True)
+class LpipsModel:
+    """An LPIPS network that can embed images once and compare the cached embeddings many times.
+
+    Intra-cluster LPIPS needs every pair of up to 50 images per cluster; running `lpips.LPIPS` on each
+    pair would embed every image ~50 times. `features` + `distance_from_features` split its forward
+    in two (a test checks they equal `lpips.LPIPS.forward`). Feature maps of a 256px image take
+    ~32 MB for VGG, so only a cluster's worth is held at a time.
+    """
+
+    name: str
+    net: lpips.LPIPS
+    device: torch.device
+
+    @property
+    def offline(self) -> bool:
+        return self.name.startswith("offline:")
+
+    def features(self, images: Tensor, batch_size: int = 32) -> list[Tensor]:
+        """Unit-normalised backbone maps per LPIPS layer, each [N, C_l, H_l, W_l]."""
+        per_batch = []
+        with torch.no_grad():
+            for batch in images.split(batch_size):
+                maps = self.net.net(self.net.scaling_layer(batch.to(self.device, torch.float32)))
+                per_batch.append([lpips.normalize_tensor(m) for m in maps])
+        return [torch.cat(layer) for layer in zip(*per_batch)]
+
+    def distance_from_features(self, a: list[Tensor], b: list[Tensor]) -> Tensor:
+        """LPIPS per row [N] of two feature lists; a batch of 1 broadcasts against the other."""
+        with torch.no_grad():
+            return sum(lin((fa - fb) ** 2).mean(dim=(1, 2, 3)) for lin, fa, fb in zip(self.net.lins, a, b))
+
+    def distance(self, a: Tensor, b: Tensor, batch_size: int = 32) -> Tensor:
+        """LPIPS between a[i] and b[i] for every i, [N] on the CPU."""
+        if a.shape != b.shape:
+            raise ValueError(f"LPIPS needs images of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
+        return torch.cat(
+            [self.distance_from_features(self.features(x, batch_size), self.features(y, batch_size)).cpu() for x, y in zip(a.split(batch_size), b.split(batch_size))]
+        )
+
+
+def build_lpips(net: str = "vgg", device: str | torch.device = "cpu", seed: int = 0) -> LpipsModel:
+    """LPIPS with ImageNet backbone weights from torchvision's cache, else a labelled random backbone.
+
+    The offline fallback is `lpips.LPIPS(pnet_rand=True)`: the package's calibrated linear heads on a
+    backbone drawn with torch seed `seed` (the global RNG is left untouched). It still ranks
+    near-copies far below different images, but its values are not comparable with published LPIPS.
+    """
+    if net not in _BACKBONE_WEIGHTS:
+        raise ValueError(f"LPIPS net must be one of {sorted(_BACKBONE_WEIGHTS)}, got {net!r}")
+    weights = backbone_weights_path(net)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # lpips passes the old `pretrained=` flag
+        if weights.is_file():
+            try:
+                module = lpips.LPIPS(net=net, verbose=False)
+            except Exception as exc:  # any failure here means the cached file is unusable
+                raise LpipsWeightsError(f"{weights}: cannot load the {net} backbone of LPIPS: {exc}") from exc
+            name = f"lpips-{net}"
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                module = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
+            name = f"offline:lpips-{net}-random-backbone(seed={seed})"
+    device = torch.device(device)
+    return LpipsModel(name, module.to(device).eval(), device)
+
+
+def assign_clusters(images: Tensor, train_images: Tensor, lpips_model: LpipsModel, batch_size: int = 32) -> Tensor:
+    """Index [N] (int64) of the training image with the lowest LPIPS distance to each image."""
+    train = lpips_model.features(train_images, batch_size)
+    nearest = []
+    for batch in images.split(batch_size):
+        feats = lpips_model.features(batch, batch_size)
+        dists = torch.stack([lpips_model.distance_from_features(feats, [t[k : k + 1] for t in train]) for k in range(len(train_images))], dim=1)
+        nearest.append(dists.argmin(dim=1).cpu())
+    return torch.cat(nearest)
+
+
+def mean_pairwise_lpips(images: Tensor, lpips_model: LpipsModel, batch_size: int = 32) -> float:
+    """Mean LPIPS over all unordered pairs of `images` (LPIPS is symmetric)."""
+    feats = lpips_model.features(images, batch_size)
+    total = sum(lpips_model.distance_from_features([f[i : i + 1] for f in feats], [f[i + 1 :] for f in feats]).sum().item() for i in range(len(images) - 1))
+    return total / (len(images) * (len(images) - 1) / 2)
+
+
+def intra_cluster_lpips(
+    G: Generator,
+    train_images: Tensor,
+    n: int = 1000,
+    max_per_cluster: int = 50,
+    seed: int = 0,
+    batch_size: int = 32,
+    truncation: float = 1.0,
+    lpips_model: LpipsModel | None = None,
+) -> dict:
+    """Intra-cluster LPIPS of `n` seeded samples of G around the few-shot set `train_images`.
+
+    Each sample joins the cluster of its LPIPS-nearest training image; from each cluster up to
+    `max_per_cluster` members are drawn (torch.Generator seeded with `seed`) and their mean pairwise
+    LPIPS taken; the result averages clusters with >= 2 members. A generator that copies its training
+    images scores ~0. Samples are kept on the CPU (n * 3 * H * W floats).
+
+    Returns {"intra_lpips"|"intra_lpips_offline": float, "lpips": model name, "n": n,
+    "cluster_sizes": [len per training image], "per_cluster": [mean LPIPS or None if < 2 members],
+    "assignment": [training-image index of each sample]}.
+    """
+    if lpips_model is None:
+        lpips_model = build_lpips()
+    images = torch.cat([batch.cpu() for batch in generated_images(G, n, batch_size, seed, truncation)])
+    assignment = assign_clusters(images, train_images, lpips_model, batch_size)
+    rng = torch.Generator().manual_seed(seed)
+    per_cluster: list[float | None] = []
+    for k in range(len(train_images)):
+        members = (assignment == k).nonzero().flatten()
+        if len(members) > max_per_cluster:
+            members = members[torch.randperm(len(members), generator=rng)[:max_per_cluster]]
+        per_cluster.append(mean_pairwise_lpips(images[members], lpips_model, batch_size) if len(members) >= 2 else None)
+    scored = [v for v in per_cluster if v is not None]
+    if not scored:
+        raise ValueError(f"no cluster has 2 or more of the {n} samples; raise n (training images: {len(train_images)})")
+    key = "intra_lpips_offline" if lpips_model.offline else "intra_lpips"
+    return {
+        key: sum(scored) / len(scored),
+        "lpips": lpips_model.name,
+        "n": n,
+        "cluster_sizes": torch.bincount(assignment, minlength=len(train_images)).tolist(),
+        "per_cluster": per_cluster,
+        "assignment": assignment.tolist(),
+    }
