@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from fsg_ray.metrics import (
     FeatureExtractor,
     InceptionWeightsError,
+    LpipsWeightsError,
     assign_clusters,
     build_extractor,
     build_lpips,
@@ -74,7 +75,8 @@ def offline_extractor() -> FeatureExtractor:
 
 @pytest.fixture(scope="module")
 def feats(offline_extractor: FeatureExtractor) -> dict[str, np.ndarray]:
-    return {"a1": offline_extractor.features(blobs(96, 1)), "a2": offline_extractor.features(blobs(96, 2)), "b": offline_extractor.features(stripes(96, 3))}
+    images = {"a1": blobs(96, 1), "a2": blobs(96, 2), "b": stripes(96, 3)}
+    return {name: offline_extractor.features(x) for name, x in images.items()}
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +148,8 @@ def test_kid_near_zero_for_same_distribution_and_positive_otherwise(feats):
     same = kid_from_features(feats["a1"], feats["a2"], num_subsets=20)
     different = kid_from_features(feats["a1"], feats["b"], num_subsets=20)
     assert abs(same) < 0.05 * different and different > 0
-    assert kid_from_features(feats["a1"], feats["b"], num_subsets=20, seed=3) == kid_from_features(feats["a1"], feats["b"], num_subsets=20, seed=3)
+    again = [kid_from_features(feats["a1"], feats["b"], num_subsets=20, seed=3) for _ in range(2)]
+    assert again[0] == again[1]
 
 
 def test_lpips_is_labelled_offline_when_backbone_absent(monkeypatch, tmp_path):
@@ -154,6 +157,15 @@ def test_lpips_is_labelled_offline_when_backbone_absent(monkeypatch, tmp_path):
     model = build_lpips("vgg")
     assert model.offline and model.name == "offline:lpips-vgg-random-backbone(seed=0)"
     assert not list(tmp_path.rglob("*.pth"))  # nothing was downloaded
+
+
+def test_cached_lpips_backbone_is_read_from_torchvision_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_text("corrupt")
+    with pytest.raises(LpipsWeightsError, match=str(cached)):
+        build_lpips("vgg")
 
 
 def test_cached_feature_lpips_equals_lpips_forward(lpips_model):
@@ -178,6 +190,7 @@ def test_memorizing_generator_has_near_zero_intra_lpips_below_diverse_generator(
     assert copying[key] < 0.02 and copying[key] < 0.1 * diverse[key]
     assert sum(copying["cluster_sizes"]) == 24 and len(copying["assignment"]) == 24
     assert copying["lpips"] == lpips_model.name
+    assert intra_cluster_lpips(BlobG(), train, n=24, max_per_cluster=6, lpips_model=lpips_model) == diverse
 
 
 def test_correspondence_error_is_zero_for_identity_and_grows_with_perturbation(lpips_model):

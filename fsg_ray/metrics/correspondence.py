@@ -36,7 +36,9 @@ def correspondence_error(
     if lpips_model is None:
         lpips_model = build_lpips()
     l1_total, lpips_total = 0.0, 0.0
-    for source, target in zip(generated_images(G_s, n, batch_size, seed, truncation), generated_images(G_t, n, batch_size, seed, truncation)):
+    sources = generated_images(G_s, n, batch_size, seed, truncation)
+    targets = generated_images(G_t, n, batch_size, seed, truncation)
+    for source, target in zip(sources, targets):
         expected = transform(source).to(target.device)
         if expected.shape != target.shape:
             raise ValueError(f"transform(G_s(z)) has shape {tuple(expected.shape)}, G_t(z) has {tuple(target.shape)}")

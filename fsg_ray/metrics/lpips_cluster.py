@@ -20,7 +20,11 @@ from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Wei
 
 from fsg_ray.metrics.features import Generator, generated_images
 
-_BACKBONE_WEIGHTS = {"vgg": VGG16_Weights.IMAGENET1K_V1, "alex": AlexNet_Weights.IMAGENET1K_V1, "squeeze": SqueezeNet1_1_Weights.IMAGENET1K_V1}
+_BACKBONE_WEIGHTS = {
+    "vgg": VGG16_Weights.IMAGENET1K_V1,
+    "alex": AlexNet_Weights.IMAGENET1K_V1,
+    "squeeze": SqueezeNet1_1_Weights.IMAGENET1K_V1,
+}
 
 
 class LpipsWeightsError(ValueError):
@@ -68,9 +72,8 @@ class LpipsModel:
         """LPIPS between a[i] and b[i] for every i, [N] on the CPU."""
         if a.shape != b.shape:
             raise ValueError(f"LPIPS needs images of equal shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-        return torch.cat(
-            [self.distance_from_features(self.features(x, batch_size), self.features(y, batch_size)).cpu() for x, y in zip(a.split(batch_size), b.split(batch_size))]
-        )
+        pairs = zip(a.split(batch_size), b.split(batch_size))
+        return torch.cat([self.distance_from_features(self.features(x, batch_size), self.features(y, batch_size)).cpu() for x, y in pairs])
 
 
 def build_lpips(net: str = "vgg", device: str | torch.device = "cpu", seed: int = 0) -> LpipsModel:
@@ -106,7 +109,7 @@ def assign_clusters(images: Tensor, train_images: Tensor, lpips_model: LpipsMode
     nearest = []
     for batch in images.split(batch_size):
         feats = lpips_model.features(batch, batch_size)
-        dists = torch.stack([lpips_model.distance_from_features(feats, [t[k : k + 1] for t in train]) for k in range(len(train_images))], dim=1)
+        dists = torch.stack([lpips_model.distance_from_features(feats, [t[k : k + 1] for t in train]) for k in range(len(train_images))], 1)
         nearest.append(dists.argmin(dim=1).cpu())
     return torch.cat(nearest)
 
@@ -114,7 +117,9 @@ def assign_clusters(images: Tensor, train_images: Tensor, lpips_model: LpipsMode
 def mean_pairwise_lpips(images: Tensor, lpips_model: LpipsModel, batch_size: int = 32) -> float:
     """Mean LPIPS over all unordered pairs of `images` (LPIPS is symmetric)."""
     feats = lpips_model.features(images, batch_size)
-    total = sum(lpips_model.distance_from_features([f[i : i + 1] for f in feats], [f[i + 1 :] for f in feats]).sum().item() for i in range(len(images) - 1))
+    total = 0.0
+    for i in range(len(images) - 1):
+        total += lpips_model.distance_from_features([f[i : i + 1] for f in feats], [f[i + 1 :] for f in feats]).sum().item()
     return total / (len(images) * (len(images) - 1) / 2)
 
 
