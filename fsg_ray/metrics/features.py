@@ -58,7 +58,8 @@ def generated_images(
 
     All z are drawn at once on the CPU from a torch.Generator seeded with `seed`, so the images depend
     on the seed only (not on batch size or device), and two generators given the same seed see the
-    same z (what the correspondence metric relies on).
+    same z (what the correspondence metric relies on). Images are clamped to [-1, 1], as saving them
+    would (StyleGAN2 does not clamp its output).
     """
     z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
     device = _device_of(G)
@@ -68,7 +69,7 @@ def generated_images(
             images = G(zb, truncation=truncation, noise=noise)
         if images.ndim != 4 or tuple(images.shape[:2]) != (len(zb), 3):
             raise ValueError(f"generator returned shape {tuple(images.shape)}, expected [{len(zb)}, 3, H, W]")
-        yield images
+        yield images.clamp(-1, 1)
 
 
 def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Tensor]:
