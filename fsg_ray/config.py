@@ -56,6 +56,31 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class BaselineConfig:
+    """Options of the comparison methods (SPEC §5); each is read only by its own method (docs/methods.md)."""
+
+    freeze_d_blocks: int = 4  # freezed: D residual blocks frozen after FromRGB (FreezeD's StyleGAN setting: down to 16 px at 256 px)
+    ewc_weight: float = 5e8  # ewc: lambda of the penalty (Li et al. 2020)
+    ewc_samples: int = 256  # ewc: generated images whose log-likelihood gradients estimate the Fisher information
+    ada_target: float = 0.6  # ada: target of E[sign(D(real))]
+    ada_interval: int = 4  # ada: D steps between adjustments of p
+    ada_kimg: float = 10.0  # ada: thousands of images for p to move by 1 (ADA uses 500 for runs a thousand times longer)
+
+    def __post_init__(self) -> None:
+        if self.freeze_d_blocks < 0:
+            raise ConfigError(f"baselines.freeze_d_blocks: expected a non-negative integer, got {self.freeze_d_blocks}")
+        for key, value in {"ewc_samples": self.ewc_samples, "ada_interval": self.ada_interval}.items():
+            if value < 1:
+                raise ConfigError(f"baselines.{key}: expected a positive integer, got {value}")
+        if self.ewc_weight < 0:
+            raise ConfigError(f"baselines.ewc_weight: expected a non-negative weight, got {self.ewc_weight}")
+        if not 0.0 <= self.ada_target <= 1.0:
+            raise ConfigError(f"baselines.ada_target: expected a value in [0, 1], got {self.ada_target}")
+        if self.ada_kimg <= 0:
+            raise ConfigError(f"baselines.ada_kimg: expected a positive number, got {self.ada_kimg}")
+
+
+@dataclass(frozen=True)
 class AdaptConfig:
     method: str = "cdc"
     steps: int = 5000
@@ -67,6 +92,7 @@ class AdaptConfig:
     cdc: CdcConfig = field(default_factory=CdcConfig)
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    baselines: BaselineConfig = field(default_factory=BaselineConfig)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch": self.batch, "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every}

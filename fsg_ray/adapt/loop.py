@@ -112,7 +112,7 @@ class Adaptation:
 
     def _generate(self, latents: Latents) -> Synthesis:
         g = self.nets.g
-        return g.synthesis(g.latents(latents.z, inject_index=latents.inject_index), noise="random")
+        return g.synthesis(g.latents(self.method.map_z(latents.z), inject_index=latents.inject_index), noise="random")
 
     def _patch_level(self) -> int | None:
         """None = image-level D (anchor iterations, and always for methods without anchors)."""
@@ -198,7 +198,7 @@ class Adaptation:
     @torch.no_grad()
     def ema_update(self) -> None:
         decay = self.config.optim.ema_decay
-        for p_ema, p in zip(self.nets.g_ema.parameters(), self.nets.g.parameters()):
+        for p_ema, p in zip(self.nets.g_ema.parameters(), self.method.ema_target(self.nets)):
             p_ema.lerp_(p, 1.0 - decay)
 
     def _seed_step(self) -> None:
@@ -219,7 +219,7 @@ class Adaptation:
         d_loss = self.d_step()
         r1 = self.r1_step() if self.step % opt.d_reg_every == 0 else None
         g_loss, cdc_loss = self.g_step()
-        path = self.path_length_step() if self.step % opt.g_reg_every == 0 else None
+        path = self.path_length_step() if self.method.uses_path_length and self.step % opt.g_reg_every == 0 else None
         self.ema_update()
         stats = StepStats(self.step, d_loss, g_loss, cdc_loss, r1, path, anchor)
         self.step += 1

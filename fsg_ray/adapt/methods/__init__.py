@@ -1,11 +1,16 @@
 """The registry of adaptation methods: `--method NAME` picks one; adding a method is one small file."""
 
+from fsg_ray.adapt.methods.ada import ADA
 from fsg_ray.adapt.methods.base import Method, Networks
+from fsg_ray.adapt.methods.bsa import BSA
 from fsg_ray.adapt.methods.cdc import CDC
+from fsg_ray.adapt.methods.ewc import EWC
+from fsg_ray.adapt.methods.freezed import FreezeD
+from fsg_ray.adapt.methods.minegan import MineGAN
 from fsg_ray.adapt.methods.tgan import TGAN
 from fsg_ray.config import AdaptConfig
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (CDC, TGAN)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CDC, TGAN, FreezeD, EWC, ADA, BSA, MineGAN)}
 
 
 def make_method(config: AdaptConfig) -> Method:

@@ -29,6 +29,7 @@ class Method:
     name = "tgan"
     uses_cdc = False
     uses_anchors = False
+    uses_path_length = True  # False where G's own weights are frozen: the regulariser has nothing to shape
 
     def __init__(self, config: AdaptConfig):
         self.config = config
@@ -42,6 +43,10 @@ class Method:
     def d_parameters(self, nets: Networks) -> list[nn.Parameter]:
         return list(nets.d.parameters()) + list(nets.heads.parameters())
 
+    def map_z(self, z: list[Tensor]) -> list[Tensor]:
+        """Transforms the z of the D, G and path-length phases before G's mapping network (MineGAN mines them)."""
+        return z
+
     def augment(self, images: Tensor) -> Tensor:
         """Applied to reals and fakes before D sees them."""
         return images
@@ -52,6 +57,11 @@ class Method:
     def g_penalty(self, nets: Networks) -> Tensor | None:
         """An extra term of the G loss (e.g. a weight-space penalty), or None."""
         return None
+
+    def ema_target(self, nets: Networks) -> list[Tensor]:
+        """What G_ema follows, in `Generator.parameters()` order: G_t's own weights unless a method trains G
+        through extra parameters, which it then folds into plain weights so G_ema stays an exportable `Generator`."""
+        return list(nets.g.parameters())
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that an exact resume needs."""
