@@ -60,7 +60,7 @@ class BaselineConfig:
     """Options of the comparison methods (SPEC §5); each is read only by its own method (docs/methods.md)."""
 
     freeze_d_blocks: int = 4  # freezed: D residual blocks frozen after FromRGB (FreezeD's StyleGAN setting: down to 16 px at 256 px)
-    ewc_weight: float = 5e8  # ewc: lambda of the penalty (Li et al. 2020)
+    ewc_weight: float = 5e8  # ewc: lambda of the penalty (see docs/methods.md on this value)
     ewc_samples: int = 256  # ewc: generated images whose log-likelihood gradients estimate the Fisher information
     ada_target: float = 0.6  # ada: target of E[sign(D(real))]
     ada_interval: int = 4  # ada: D steps between adjustments of p
