@@ -1,0 +1,29 @@
+# Targets for a fresh machine: `make demo`, `make test`. Everything runs from the repo's .venv.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install test bench demo
+
+install: $(STAMP)
+
+$(PY):
+	python3 -m venv $(VENV)
+
+# torch first and pinned: it comes from local disk here, and a range could pull several GB.
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -e '.[test]'
+	touch $@
+
+test: install
+	RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled $(PY) -m pytest
+
+bench: install
+	@for script in bench/*.py; do \
+		[ -e "$$script" ] || continue; \
+		echo "== $$script"; $(PY) "$$script" || exit 1; \
+	done
+
+demo: install
+	$(VENV)/bin/fsg demo

@@ -1,0 +1,83 @@
+"""Session-wide test infrastructure: a real S3 endpoint on loopback, and Ray settings for CI.
+
+S3 is moto's HTTP server in its own process, not in-process `mock_aws`: Ray workers and pyarrow's
+C++ S3 client only talk to a real endpoint.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+
+import boto3
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_serving(endpoint: str, server: subprocess.Popen, log_path: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            with open(log_path) as log:
+                raise RuntimeError(f"moto server exited with {server.returncode}:\n{log.read()}")
+        try:
+            urllib.request.urlopen(endpoint, timeout=1).close()
+            return
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.2)
+    raise RuntimeError(f"moto server did not answer on {endpoint} within 30 s (log: {log_path})")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a moto S3 server on 127.0.0.1; the AWS_* variables point at it for the whole session."""
+    port = _free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = str(tmp_path_factory.mktemp("moto") / "server.log")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_until_serving(endpoint, server, log_path)
+        with pytest.MonkeyPatch.context() as env:
+            for name, value in {
+                "AWS_ENDPOINT_URL_S3": endpoint,
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_REGION": "us-east-1",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            }.items():
+                env.setenv(name, value)
+            yield endpoint
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.fixture
+def s3_bucket(s3_endpoint: str) -> str:
+    """A fresh, uniquely named, empty bucket on the session's S3 server."""
+    name = f"test-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(Bucket=name)
+    return name
