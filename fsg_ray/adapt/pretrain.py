@@ -19,6 +19,8 @@ from fsg_ray.data.toy import held_out
 from fsg_ray.nets.checkpoints import FORMAT, export_checkpoint
 from fsg_ray.nets.stylegan2 import Discriminator, Generator, ModelConfig
 
+PRETRAIN_SEED = 2  # disjoint from the few-shot sets (seed 0) and the held-out evaluation sets (seed 1)
+
 
 def random_source(model: ModelConfig, seed: int) -> dict[str, Any]:
     """A freshly initialised G/D pair in checkpoint form, seeded."""
@@ -32,7 +34,7 @@ def pretrain(model: ModelConfig, domain: str, n_images: int, config: AdaptConfig
     if config.method != "tgan":
         raise ValueError(f"method: pretraining uses the standard objective ('tgan' hooks), got {config.method!r}")
     name = domain.removeprefix("toy:")
-    images = FewShotImages(held_out(name, n_images, size=model.size))
+    images = FewShotImages(held_out(name, n_images, size=model.size, seed=PRETRAIN_SEED))
     run = new_adaptation(random_source(model, config.seed), images, config)
     sink = DirectorySink(run_uri, keep=config.keep_checkpoints)
     latest = sink.latest_checkpoint()
