@@ -1,29 +1,19 @@
 """The adaptation step: anchor schedule, D modes, regularisers, EMA, exact resume."""
 
-from dataclasses import asdict
 
 import pytest
 import torch
+from tiny import TINY, tiny_source, tiny_targets
 
-from fsg_ray.adapt.anchors import is_anchor_iteration, phase_latents, sample_near_anchors
+from fsg_ray.adapt.anchors import (
+    is_anchor_iteration,
+    phase_latents,
+    sample_near_anchors,
+)
 from fsg_ray.adapt.loop import lazy_adam, new_adaptation
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
 from fsg_ray.config import AnchorConfig, load_config
-from fsg_ray.data.images import FewShotImages
-from fsg_ray.nets.checkpoints import FORMAT
-from fsg_ray.nets.stylegan2 import Discriminator, Generator, ModelConfig
-
-TINY = ModelConfig(size=32, style_dim=16, n_mlp=2, channel_max=8)
-
-
-def tiny_source(seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    g, d = Generator(TINY), Discriminator(TINY)
-    return {"format": FORMAT, "model": asdict(TINY), "uri": "tiny", "g": g.state_dict(), "g_ema": g.state_dict(), "d": d.state_dict()}
-
-
-def tiny_targets() -> FewShotImages:
-    return FewShotImages(torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1)
+from fsg_ray.nets.stylegan2 import Discriminator
 
 
 def tiny_run(*overrides: str):

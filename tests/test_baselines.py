@@ -1,11 +1,11 @@
 """The comparison methods of SPEC §5 as hooks of the one loop: FreezeD, EWC, ADA, BSA, MineGAN."""
 
 import io
-from dataclasses import asdict
 from typing import Any
 
 import pytest
 import torch
+from tiny import TINY, tiny_source, tiny_targets
 
 from fsg_ray.adapt.loop import Adaptation, new_adaptation
 from fsg_ray.adapt.methods import METHODS, ewc
@@ -13,23 +13,14 @@ from fsg_ray.adapt.methods.ada import ADA, augment
 from fsg_ray.adapt.methods.bsa import folded_state
 from fsg_ray.adapt.methods.minegan import load_miner
 from fsg_ray.config import ConfigError, load_config
-from fsg_ray.data.images import FewShotImages
-from fsg_ray.nets.checkpoints import FORMAT, build_generator
-from fsg_ray.nets.stylegan2 import Discriminator, Generator, ModelConfig
+from fsg_ray.nets.checkpoints import build_generator
+from fsg_ray.nets.stylegan2 import Generator
 
-TINY = ModelConfig(size=32, style_dim=16, n_mlp=2, channel_max=8)
 SMALL = {"freezed": ["baselines.freeze_d_blocks=2"], "ewc": ["baselines.ewc_samples=8"], "ada": ["baselines.ada_interval=1", "baselines.ada_kimg=0.1"]}
 
 
-def tiny_source(seed: int = 0) -> dict:
-    torch.manual_seed(seed)
-    g, d = Generator(TINY), Discriminator(TINY)
-    return {"format": FORMAT, "model": asdict(TINY), "uri": "tiny", "g": g.state_dict(), "g_ema": g.state_dict(), "d": d.state_dict()}
-
-
 def tiny_run(method: str, *overrides: str) -> Adaptation:
-    images = FewShotImages(torch.rand(10, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1)
-    return new_adaptation(tiny_source(), images, load_config(None, ["steps=8", f"method={method}", *SMALL.get(method, []), *overrides]))
+    return new_adaptation(tiny_source(), tiny_targets(), load_config(None, ["steps=8", f"method={method}", *SMALL.get(method, []), *overrides]))
 
 
 def clone(named: Any) -> dict[str, torch.Tensor]:
