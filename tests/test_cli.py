@@ -1,0 +1,89 @@
+"""The `fsg` command end to end on a tiny model: adapt, resume, sample, export, and its error messages."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tiny import write_target_folder, write_tiny_source
+
+from fsg_ray import load_generator
+from fsg_ray.cli import main
+
+FAST = ["--set", "checkpoint_every=2", "--set", "sample_every=2", "--set", "cdc.batch=2", "--quiet"]
+
+
+def adapt(source: str, target: str, out: Path, steps: int, *extra: str) -> int:
+    return main(["adapt", "--source", source, "--target", target, "--out", str(out), "--steps", str(steps), *FAST, *extra])
+
+
+def test_adapt_on_toy_sketch_writes_checkpoints_and_correspondence_grids(tmp_path: Path):
+    source = write_tiny_source(tmp_path / "source.pt")
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4) == 0
+    assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint_*")) == ["checkpoint_000002", "checkpoint_000004"]
+    grid = Image.open(tmp_path / "run" / "samples" / "step_000004.png")
+    assert grid.size == (8 * 34 + 2, 4 * 34 + 2)  # 16 pairs, 8 per row: source row above target row
+    adapted = load_generator(str(tmp_path / "run"))
+    z = torch.randn(2, adapted.style_dim)
+    assert not torch.equal(adapted(z, noise="const"), load_generator(source)(z, noise="const"))
+
+
+def test_rerunning_with_more_steps_continues_from_the_latest_checkpoint(tmp_path: Path, capsys):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2)
+    first = (tmp_path / "run" / "checkpoint_000002" / "state.pt").read_bytes()
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4) == 0
+    assert (tmp_path / "run" / "checkpoint_000002" / "state.pt").read_bytes() == first
+    assert torch.load(tmp_path / "run" / "checkpoint_000004" / "state.pt", weights_only=True)["step"] == 4
+
+
+def test_rerunning_with_another_config_is_refused_naming_the_key(tmp_path: Path, capsys):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2)
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4, "--set", "cdc.weight=5") == 2
+    assert "cannot resume, config cdc was" in capsys.readouterr().err
+
+
+def test_adapt_reads_a_folder_of_user_images(tmp_path: Path):
+    source = write_tiny_source(tmp_path / "source.pt")
+    assert adapt(source, write_target_folder(tmp_path / "shots"), tmp_path / "run", 2, "--method", "tgan") == 0
+    assert torch.load(tmp_path / "run" / "checkpoint_000002" / "state.pt", weights_only=True)["method"] == "tgan"
+
+
+def test_sample_and_export(tmp_path: Path):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2)
+    assert main(["sample", "--generator", str(tmp_path / "run"), "--seeds", "0-3", "--pair-with", source, "--columns", "4", "--out", str(tmp_path / "grid.png")]) == 0
+    assert Image.open(tmp_path / "grid.png").size == (4 * 34 + 2, 2 * 34 + 2)
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "adapted.pt")]) == 0
+    z = torch.randn(2, 16)
+    assert torch.equal(load_generator(str(tmp_path / "adapted.pt"))(z, noise="const"), load_generator(str(tmp_path / "run"))(z, noise="const"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--target", "MISSING"], "MISSING"),
+        (["--target", "toy:cats"], "toy:cats"),
+        (["--set", "cdc.wieght=5"], "cdc.wieght: unknown key"),
+        (["--set", "anchors.count=0"], "anchors.count: expected a positive integer, got 0"),
+        (["--method", "dcgan"], "dcgan"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message_naming_it(tmp_path: Path, capsys, args: list[str], message: str):
+    source = write_tiny_source(tmp_path / "source.pt")
+    argv = ["adapt", "--source", source, "--target", "toy:sketch", "--out", str(tmp_path / "run"), "--steps", "1", "--quiet"]
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_corrupt_source_checkpoint_is_named(tmp_path: Path, capsys):
+    (tmp_path / "source.pt").write_bytes(b"not a checkpoint")
+    assert adapt(str(tmp_path / "source.pt"), "toy:sketch", tmp_path / "run", 1) == 2
+    assert "source.pt: not a readable torch checkpoint" in capsys.readouterr().err
