@@ -81,6 +81,21 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"checkpoints: {out}/checkpoint_*/state.pt; sample more with: fsg sample --generator {out} --pair-with toy:faces --seeds 0-15 --out grid.png")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from fsg_ray.evaluate import EvalSettings, evaluate, parse_metrics
+    from fsg_ray.report import extractor_notice
+
+    metrics = parse_metrics(args.metrics) if args.metrics is not None else None
+    settings = EvalSettings(n_generated=args.n_generated, n_real=args.n_real, n_lpips=args.n_lpips, seed=args.seed)
+    result = evaluate(args.generator, args.target, args.source, metrics, settings, args.out, args.train, args.inception, args.device)
+    for key, value in result.metrics.items():
+        print(f"{key:>20s}  {value:.4f}")
+    for key, reason in result.not_defined.items():
+        print(f"{key:>20s}  not defined: {reason}")
+    print(extractor_notice(result))
+    print(f"wrote {storage.join(args.out, 'metrics.json')} and {storage.join(args.out, 'report.html')} in {result.elapsed_s:.0f} s")
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with AdaptConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. cdc.weight=500 (repeatable)")
@@ -129,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="also write the final model here in the field's .pt format")
     _add_config_flags(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = verbs.add_parser("eval", help="FID/KID, intra-cluster LPIPS and correspondence of a generator: metrics.json + report.html")
+    p.add_argument("--generator", required=True, help="checkpoint URI, run dir or toy:faces (its EMA generator is evaluated)")
+    p.add_argument("--target", required=True, help="images to compare with: folder, .zip, .parquet or toy:NAME (held-out set)")
+    p.add_argument("--source", help="the source generator: enables source<->target grids and, for toy:sketch/painting, corr")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,intra_lpips,corr (default: every one defined here)")
+    p.add_argument("--train", help="the few-shot images intra-LPIPS clusters around (default: toy target's 10 shots, else the run's target)")
+    p.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
+    p.add_argument("--n-generated", type=int, default=5000, help="samples for FID/KID")
+    p.add_argument("--n-real", type=int, default=5000, help="held-out images of a toy:NAME target")
+    p.add_argument("--n-lpips", type=int, default=1000, help="samples for intra-cluster LPIPS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt (file or folder); default: clean-fid's cache, else offline")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("demo", help="the built-in default job: toy faces -> 10-shot toy:sketch with CDC")
     p.add_argument("--out", default="out/demo")

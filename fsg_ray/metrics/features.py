@@ -51,6 +51,11 @@ def _device_of(G: Generator) -> torch.device:
     return torch.device("cpu")
 
 
+def seeded_latents(n: int, style_dim: int, seed: int) -> Tensor:
+    """The `n` z that `generated_images` feeds a generator for `seed` (on the CPU); row i is sample i."""
+    return torch.randn(n, style_dim, generator=torch.Generator().manual_seed(seed))
+
+
 def generated_images(
     G: Generator, n: int, batch_size: int = 32, seed: int = 0, truncation: float = 1.0, noise: str = "const"
 ) -> Iterator[Tensor]:
@@ -61,7 +66,7 @@ def generated_images(
     same z (what the correspondence metric relies on). Images are clamped to [-1, 1], as saving them
     would (StyleGAN2 does not clamp its output).
     """
-    z = torch.randn(n, G.style_dim, generator=torch.Generator().manual_seed(seed))
+    z = seeded_latents(n, G.style_dim, seed)
     device = _device_of(G)
     for start in range(0, n, batch_size):
         zb = z[start : start + batch_size].to(device)

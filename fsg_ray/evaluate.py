@@ -1,0 +1,250 @@
+"""`fsg eval`: the whole evaluation protocol of SPEC §4 for one generator, written as metrics.json + report.html.
+
+One call loads the generator (and optionally its source), computes the requested metrics with the
+extractors found on this machine, and writes machine-readable numbers next to a self-contained HTML
+report. Every number carries the name of the extractor that produced it (`fid` vs `fid_offline`), and
+a metric that does not apply is listed as not defined with the reason, never dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid
+
+from fsg_ray import storage
+from fsg_ray.data import toy
+from fsg_ray.data.images import load_eval_set, load_target
+from fsg_ray.grids import image_grid, pair_grid, save_png, seeded_z, to_pil
+from fsg_ray.metrics import build_extractor, build_lpips, compute_fid_kid, correspondence_error, intra_cluster_lpips
+from fsg_ray.metrics.features import seeded_latents
+from fsg_ray.nets.checkpoints import build_generator, read_checkpoint
+from fsg_ray.nets.stylegan2 import Generator
+from fsg_ray.report import Figure, render_report
+
+METRIC_NAMES: tuple[str, ...] = ("fid", "kid", "intra_lpips", "corr")
+GRID_SEEDS = list(range(8))
+MEMBERS_SHOWN = 8  # cluster members shown per training image in the report
+
+
+class EvalError(ValueError):
+    """An evaluation request that cannot be carried out as asked; the message names the bad value."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How many images each metric uses, and the seed; stored with the numbers so they can be reproduced."""
+
+    n_generated: int = 5000  # FID/KID samples (SPEC §4: >= 5000)
+    n_real: int = 5000  # held-out images of a toy:NAME target; a folder/zip/Parquet target is used whole
+    n_lpips: int = 1000  # intra-cluster LPIPS samples (SPEC §4)
+    max_per_cluster: int = 50
+    n_corr: int = 256
+    seed: int = 0
+    truncation: float = 1.0
+    batch_size: int = 32
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000
+
+    def __post_init__(self) -> None:
+        for key in ("n_generated", "n_real", "n_lpips", "max_per_cluster", "n_corr", "batch_size", "kid_subsets", "kid_subset_size"):
+            if getattr(self, key) < 1:
+                raise EvalError(f"{key}: expected a positive integer, got {getattr(self, key)}")
+        if self.n_generated < 2 or self.n_real < 2:
+            raise EvalError(f"n_generated and n_real: FID needs at least 2 images each, got {self.n_generated} and {self.n_real}")
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate` found: metric values keyed by extractor-qualified names, and why others are absent."""
+
+    generator: str
+    target: str
+    source: str | None
+    train: str | None  # the few-shot images intra-LPIPS clusters around
+    metrics: dict[str, float]
+    not_defined: dict[str, str]
+    extractors: dict[str, str]  # "features" (FID/KID) and "lpips" -> the model names used
+    settings: EvalSettings
+    details: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def offline(self) -> list[str]:
+        """Names of the offline (not comparable with published numbers) extractors that were used."""
+        return [name for name in self.extractors.values() if name.startswith("offline:")]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "offline_extractors": self.offline}
+
+
+def parse_metrics(text: str) -> tuple[str, ...]:
+    """'fid,kid' -> ('fid', 'kid'); an unknown or repeated name raises EvalError naming it."""
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names:
+        raise EvalError(f"metrics: no metric named in {text!r}; choose from {', '.join(METRIC_NAMES)}")
+    for name in names:
+        if name not in METRIC_NAMES:
+            raise EvalError(f"metrics: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
+    if len(set(names)) != len(names):
+        raise EvalError(f"metrics: {text!r} names a metric twice")
+    return names
+
+
+def _toy_name(target: str) -> str | None:
+    return target.removeprefix("toy:") if target.startswith("toy:") else None
+
+
+def correspondence_undefined(target: str, source_uri: str | None) -> str | None:
+    """Why the correspondence error cannot be measured for this request, or None when it can."""
+    name = _toy_name(target)
+    if name is None or toy.image_transform(name) is None:
+        return f"target {target} is not an image-space toy domain (only toy:sketch and toy:painting define transform(G_s(z)))"
+    if source_uri is None:
+        return "no source generator given (pass source_uri / --source)"
+    return None
+
+
+def _train_images_spec(train: str | None, target: str, ckpt: dict[str, Any]) -> str | None:
+    """The few-shot set intra-LPIPS clusters around: given > toy target's 10-shot set > the run's recorded target."""
+    if train is not None:
+        return train
+    if _toy_name(target) is not None:
+        return target
+    return ckpt.get("target")
+
+
+def _load_generator(uri: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+    ckpt = read_checkpoint(uri)
+    return build_generator(ckpt).to(device), ckpt
+
+
+@torch.no_grad()
+def _correspondence_figure(G_s: Generator, G_t: Generator, target: str, with_transform: bool) -> Figure:
+    z = seeded_z(GRID_SEEDS, G_t.style_dim).to(next(G_t.parameters()).device)
+    source, adapted = G_s(z, noise="const").clamp(-1, 1), G_t(z, noise="const").clamp(-1, 1)
+    if not with_transform:
+        return Figure("correspondence", "Source ↔ adapted", "Each adapted sample (lower row) under the source sample for the same z and noise.", pair_grid(source, adapted))
+    expected = toy.image_transform(_toy_name(target))(source)
+    grid = to_pil(make_grid(torch.cat([source, expected, adapted]).cpu(), nrow=len(z), padding=2, pad_value=1.0))
+    caption = f"Rows: source G_s(z); {target}'s transform of it (what perfect correspondence gives); adapted G_t(z). Same z and noise per column."
+    return Figure("correspondence", "Source ↔ adapted", caption, grid)
+
+
+@torch.no_grad()
+def _cluster_figure(G: Generator, train_images: Tensor, lpips_result: dict[str, Any], settings: EvalSettings) -> Figure:
+    """One row per training image: the image, then up to MEMBERS_SHOWN samples assigned to its cluster."""
+    assignment = torch.tensor(lpips_result["assignment"])
+    z_all = seeded_latents(settings.n_lpips, G.style_dim, settings.seed)
+    device = next(G.parameters()).device
+    blank = torch.ones_like(train_images[0])
+    rows = []
+    for k, image in enumerate(train_images):
+        members = (assignment == k).nonzero().flatten()[:MEMBERS_SHOWN]
+        samples = G(z_all[members].to(device), truncation=settings.truncation, noise="const").clamp(-1, 1).cpu() if len(members) else train_images[:0]
+        rows += [image[None], samples, blank.expand(MEMBERS_SHOWN - len(samples), -1, -1, -1)]
+    grid = to_pil(make_grid(torch.cat(rows), nrow=1 + MEMBERS_SHOWN, padding=2, pad_value=1.0))
+    sizes = ", ".join(f"{k}: {s}" for k, s in enumerate(lpips_result["cluster_sizes"]))
+    caption = f"First column: training image k; then up to {MEMBERS_SHOWN} of the {settings.n_lpips} samples whose LPIPS-nearest training image is k. Cluster sizes {sizes}."
+    return Figure("clusters", "Intra-LPIPS clusters", caption, grid)
+
+
+def evaluate(
+    generator_uri: str,
+    target: str,
+    source_uri: str | None = None,
+    metrics: Sequence[str] | None = None,
+    settings: EvalSettings = EvalSettings(),
+    out: str | None = None,
+    train: str | None = None,
+    inception_path: str | None = None,
+    device: str = "cpu",
+) -> EvalResult:
+    """Evaluate the EMA generator at `generator_uri` against `target` (folder, .zip, .parquet or toy:NAME).
+
+    `metrics=None` computes every metric that is defined here and lists the others under
+    `not_defined`; naming a metric that cannot be computed (corr without a source or for a target that
+    is not image-space toy) raises EvalError. With `out`, writes `metrics.json` and `report.html` there
+    (a local path or s3:// URI).
+    """
+    requested = tuple(METRIC_NAMES if metrics is None else metrics)
+    for name in requested:
+        if name not in METRIC_NAMES:
+            raise EvalError(f"metrics: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
+    not_defined: dict[str, str] = {}
+    corr_reason = correspondence_undefined(target, source_uri) if "corr" in requested else None
+    if corr_reason is not None:
+        if metrics is not None:
+            raise EvalError(f"metrics: corr is not defined here: {corr_reason}")
+        not_defined["corr"] = corr_reason
+        requested = tuple(m for m in requested if m != "corr")
+
+    started = time.perf_counter()
+    torch_device = torch.device(device)
+    G_t, ckpt = _load_generator(generator_uri, torch_device)
+    size = G_t.config.size
+    G_s = None
+    if source_uri is not None:
+        G_s, _ = _load_generator(source_uri, torch_device)
+        if G_s.config.size != size or G_s.style_dim != G_t.style_dim:
+            raise EvalError(f"source {source_uri} makes {G_s.config.size}px images from {G_s.style_dim}-d z, generator {generator_uri} {size}px from {G_t.style_dim}-d z")
+
+    values: dict[str, float] = {}
+    extractors: dict[str, str] = {}
+    details: dict[str, Any] = {}
+    figures: list[Figure] = []
+    lpips_model = build_lpips(device=torch_device) if {"intra_lpips", "corr"} & set(requested) else None
+
+    if {"fid", "kid"} & set(requested):
+        extractor = build_extractor(inception_path, torch_device)
+        real = load_eval_set(target, size, settings.n_real)
+        fk = compute_fid_kid(G_t, real, settings.n_generated, extractor, settings.seed, settings.batch_size, settings.truncation, settings.kid_subsets, settings.kid_subset_size)
+        values.update({k: v for k, v in fk.items() if k.split("_")[0] in requested and isinstance(v, float)})
+        extractors["features"] = extractor.name
+        details["fid_kid"] = {"n_gen": fk["n_gen"], "n_real": fk["n_real"]}
+
+    train_spec = None
+    if "intra_lpips" in requested:
+        train_spec = _train_images_spec(train, target, ckpt)
+        if train_spec is None:
+            raise EvalError(f"intra_lpips: {generator_uri} records no training images and target {target} is not toy:NAME; pass train= / --train")
+        train_images = load_target(train_spec, size)
+        il = intra_cluster_lpips(G_t, train_images, settings.n_lpips, settings.max_per_cluster, settings.seed, settings.batch_size, settings.truncation, lpips_model)
+        values.update({k: v for k, v in il.items() if k.startswith("intra_lpips")})
+        extractors["lpips"] = il["lpips"]
+        details["intra_lpips"] = {"cluster_sizes": il["cluster_sizes"], "per_cluster": il["per_cluster"]}
+        figures.append(_cluster_figure(G_t, train_images, il, settings))
+
+    if "corr" in requested:
+        transform = toy.image_transform(_toy_name(target))
+        ce = correspondence_error(G_s, G_t, transform, settings.n_corr, settings.seed, settings.batch_size, settings.truncation, lpips_model)
+        values.update({k: v for k, v in ce.items() if k.startswith("corr_")})
+        extractors["lpips"] = ce["lpips"]
+
+    if G_s is not None:
+        figures.insert(0, _correspondence_figure(G_s, G_t, target, with_transform="corr" in requested))
+    else:
+        z = seeded_z(GRID_SEEDS, G_t.style_dim).to(torch_device)
+        with torch.no_grad():
+            figures.insert(0, Figure("samples", "Samples", "Adapted samples, seeds 0-7, truncation 1.", image_grid(G_t(z, noise="const").clamp(-1, 1).cpu())))
+
+    result = EvalResult(generator_uri, target, source_uri, train_spec, values, not_defined, extractors, settings, details, time.perf_counter() - started)
+    if out is not None:
+        write_outputs(result, figures, out)
+    return result
+
+
+def write_outputs(result: EvalResult, figures: Sequence[Figure], out: str) -> None:
+    """metrics.json, the self-contained report.html and each figure as `<slug>.png` under `out` (local or s3://)."""
+    storage.write_bytes(storage.join(out, "metrics.json"), json.dumps(result.to_json(), indent=2).encode())
+    storage.write_bytes(storage.join(out, "report.html"), render_report(result, figures).encode())
+    for figure in figures:
+        save_png(storage.join(out, f"{figure.slug}.png"), figure.image)
+
+

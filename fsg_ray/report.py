@@ -1,0 +1,104 @@
+"""The evaluation report as one self-contained HTML file: metric table, extractor notice, embedded PNG grids.
+
+Self-contained (images as base64 data URIs, inline CSS) so it can be mailed, attached to a ticket or
+served straight from S3 without the files next to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+if TYPE_CHECKING:  # evaluate imports this module; the type is only needed for annotations
+    from fsg_ray.evaluate import EvalResult
+
+METRIC_MEANINGS = {
+    "fid": "Fréchet distance of generated vs target features (lower is better)",
+    "kid": "kernel (MMD²) distance of generated vs target features (lower is better, ~0 for one distribution)",
+    "intra_lpips": "mean LPIPS within clusters around the training images: diversity (higher is better, ~0 when copying)",
+    "corr_l1": "mean |transform(G_s(z)) − G_t(z)| in [-1, 1] units (lower is better, 0 is perfect correspondence)",
+    "corr_lpips": "mean LPIPS between transform(G_s(z)) and G_t(z) (lower is better)",
+}
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
+.num{text-align:right;font-family:monospace}.offline{background:#fff3cd;border:1px solid #e0c36a;padding:8px}
+img{image-rendering:pixelated;max-width:100%}figure{margin:1.5em 0}"""
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One image of the report; `slug` also names its PNG next to the report."""
+
+    slug: str
+    title: str
+    caption: str
+    image: Image.Image
+
+
+def png_data_uri(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _meaning(key: str) -> str:
+    return METRIC_MEANINGS[key.removesuffix("_offline")]
+
+
+def _extractor_for(key: str, result: EvalResult) -> str:
+    return result.extractors.get("features" if key.startswith(("fid", "kid")) else "lpips", "")
+
+
+def extractor_notice(result: EvalResult) -> str:
+    """The sentence that says which extractors produced the numbers, and whether any was offline."""
+    if result.offline:
+        names = ", ".join(result.offline)
+        return (
+            f"Offline feature extractors were used ({names}): the pretrained weights were not on this machine. "
+            "Metrics computed with them carry the suffix _offline and are comparable only with numbers from the same extractor, "
+            "never with published FID/KID/LPIPS values."
+        )
+    used = ", ".join(f"{what}: {name}" for what, name in result.extractors.items()) or "none"
+    return f"Pretrained extractors were used ({used}); no offline extractor."
+
+
+def metric_table(result: EvalResult) -> str:
+    rows = [
+        f"<tr><td>{html.escape(key)}</td><td class=num>{value:.4f}</td><td>{html.escape(_extractor_for(key, result))}</td><td>{html.escape(_meaning(key))}</td></tr>"
+        for key, value in result.metrics.items()
+    ]
+    rows += [f"<tr><td>{html.escape(key)}</td><td>not defined</td><td></td><td>{html.escape(reason)}</td></tr>" for key, reason in result.not_defined.items()]
+    return "<table><tr><th>metric</th><th>value</th><th>extractor</th><th>meaning</th></tr>" + "".join(rows) + "</table>"
+
+
+def _settings_table(result: EvalResult) -> str:
+    inputs = {"generator": result.generator, "target": result.target, "source": result.source, "train (intra-LPIPS clusters)": result.train}
+    items = {**inputs, **asdict(result.settings), "elapsed_s": f"{result.elapsed_s:.1f}"}
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items.items())
+    return f"<table>{rows}</table>"
+
+
+def _figure(figure: Figure) -> str:
+    return (
+        f"<figure><h2>{html.escape(figure.title)}</h2><img src='{png_data_uri(figure.image)}' alt='{html.escape(figure.slug)}'>"
+        f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>"
+    )
+
+
+def render_report(result: EvalResult, figures: Sequence[Figure]) -> str:
+    """The whole report page as a string."""
+    notice_class = "offline" if result.offline else "extractors"
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>fsg eval: {html.escape(result.generator)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>Evaluation of {html.escape(result.generator)}</h1>"
+        f"<p class={notice_class}>{html.escape(extractor_notice(result))}</p>"
+        f"<h2>Metrics</h2>{metric_table(result)}"
+        + "".join(_figure(f) for f in figures)
+        + f"<h2>Settings</h2>{_settings_table(result)}</body></html>"
+    )
