@@ -195,6 +195,12 @@ def evaluate(
         if G_s.config.size != size or G_s.style_dim != G_t.style_dim:
             raise EvalError(f"source {source_uri} makes {G_s.config.size}px images from {G_s.style_dim}-d z, generator {generator_uri} {size}px from {G_t.style_dim}-d z")
 
+    train_spec = None
+    if "intra_lpips" in requested:
+        train_spec = _train_images_spec(train, target, ckpt)
+        if train_spec is None:
+            raise EvalError(f"intra_lpips: {generator_uri} records no training images and target {target} is not toy:NAME; pass train= / --train")
+
     values: dict[str, float] = {}
     extractors: dict[str, str] = {}
     details: dict[str, Any] = {}
@@ -209,11 +215,7 @@ def evaluate(
         extractors["features"] = extractor.name
         details["fid_kid"] = {"n_gen": fk["n_gen"], "n_real": fk["n_real"]}
 
-    train_spec = None
     if "intra_lpips" in requested:
-        train_spec = _train_images_spec(train, target, ckpt)
-        if train_spec is None:
-            raise EvalError(f"intra_lpips: {generator_uri} records no training images and target {target} is not toy:NAME; pass train= / --train")
         train_images = load_target(train_spec, size)
         il = intra_cluster_lpips(G_t, train_images, settings.n_lpips, settings.max_per_cluster, settings.seed, settings.batch_size, settings.truncation, lpips_model)
         values.update({k: v for k, v in il.items() if k.startswith("intra_lpips")})
