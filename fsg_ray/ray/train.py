@@ -1,0 +1,152 @@
+"""`fsg adapt --workers N`: the unchanged adaptation loop in N Ray Train workers (TorchTrainer, Train V2).
+
+Every worker calls `run_adaptation` with a `ProcessGroup` (gradients averaged over workers) and a
+`TrainReportSink` (checkpoints through `ray.train.report`, so Ray commits them and hands the latest
+back after a worker failure or a rerun). Each rank draws its own z and real images (the loop seeds
+them by rank), so the global batch is `config.batch` per worker times the number of workers.
+
+The run URI names the run: Ray Train's storage is its parent and the run name its last part, so
+checkpoints land at `RUN_URI/checkpoint_XXXXXX/state.pt` exactly as in a single-process run, and
+`fsg_ray.load_generator(RUN_URI)` reads either.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.fs as pafs
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from fsg_ray import storage
+from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
+from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, export_checkpoint, read_checkpoint, write_checkpoint
+from fsg_ray.ray.cluster import connect
+from fsg_ray.ray.collective import ProcessGroup
+from fsg_ray.ray.faults import FAULT_ENV, Fault, fault_hook
+
+EXPORT_FILE = "generator.pt"
+# Ray Train routes worker logging to the driver's console; a plain print would show twice there.
+log = logging.getLogger(__name__)
+# Where S3 is, not who may use it: workers on other nodes need the endpoint the driver was given.
+# Credentials are left to the nodes' own environment (instance roles, secrets), never shipped.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+@dataclass(frozen=True)
+class Scaling:
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    max_failures: int = 2
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers: expected at least 1 Ray Train worker, got {self.workers}")
+        if self.max_failures < 0:
+            raise ValueError(f"max_failures: expected a non-negative count, got {self.max_failures}")
+
+    def resources(self) -> dict[str, float]:
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+
+
+def ray_storage(run_uri: str) -> tuple[str, str, pafs.FileSystem | None]:
+    """(storage_path, run name, filesystem) for Ray Train, from a run URI (local, file:// or s3://)."""
+    filesystem, path = storage.resolve(run_uri)
+    parent, name = posixpath.split(path.rstrip("/"))
+    if not name or not parent:
+        raise ValueError(f"run URI {run_uri!r}: needs a parent and a run name, like s3://bucket/runs/NAME or out/NAME")
+    return parent, name, None if isinstance(filesystem, pafs.LocalFileSystem) else filesystem
+
+
+class TrainReportSink:
+    """A `RunSink` whose checkpoints Ray Train commits; grids go straight to the run URI from rank 0."""
+
+    def __init__(self, run_uri: str, rank: int, world_size: int) -> None:
+        self.run_uri = run_uri
+        self.rank = rank
+        self.world_size = world_size
+        self.files = DirectorySink(run_uri)
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        """Ray's latest committed checkpoint (after a failure it can be older than the newest directory)."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        name = posixpath.basename(checkpoint.path.rstrip("/"))
+        ckpt = read_checkpoint(storage.join(self.run_uri, name, CHECKPOINT_FILE))
+        if self.rank == 0:
+            log.info("resumed from %s at step %d", name, ckpt["step"])
+        return ckpt
+
+    def save_checkpoint(self, step: int, ckpt: dict[str, Any], metrics: dict[str, float]) -> None:
+        """Called on every rank: `report` is a barrier. Rank 0 alone writes the state (all ranks hold the same)."""
+        metrics = {**metrics, "workers": self.world_size, "global_images_per_s": metrics["images_per_s"] * self.world_size}
+        with tempfile.TemporaryDirectory() as local:
+            checkpoint = None
+            if self.rank == 0:
+                write_checkpoint(os.path.join(local, CHECKPOINT_FILE), ckpt)
+                checkpoint = Checkpoint.from_directory(local)
+                losses = " ".join(f"{k}={metrics[k]:.4g}" for k in ("d", "g", "cdc") if k in metrics)
+                log.info("step %d %s %.2f s/step %.1f img/s on %d workers", step, losses, metrics["step_time_s"], metrics["global_images_per_s"], self.world_size)
+            ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_dir_name(step))
+
+    def save_grid(self, step: int, grid: Any) -> None:
+        if self.rank == 0:
+            self.files.save_grid(step, grid)
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """The body of every Ray Train worker."""
+    spec: RunSpec = config["spec"]
+    run_uri: str = config["run_uri"]
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config["threads"])
+    if ray.train.get_checkpoint() is not None:
+        # A restart after a failure, or a rerun: continue from Ray's checkpoint, not the initial --resume.
+        spec = dataclasses.replace(spec, resume_from=None)
+    # Fresh patch heads are random: the same seed on every rank makes them identical
+    # (ProcessGroup checks that all ranks start from the same weights).
+    torch.manual_seed(spec.config.seed)
+    on_step = fault_hook(Fault.parse(config["fault"]), run_uri, rank) if config["fault"] else None
+    run_adaptation(spec, TrainReportSink(run_uri, rank, world_size), ProcessGroup(), progress=False, on_step=on_step)
+
+
+def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
+    storage_path, name, filesystem = ray_storage(run_uri)
+    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    return TorchTrainer(
+        train_worker,
+        train_loop_config={"spec": spec, "run_uri": run_uri, "fault": os.environ.get(FAULT_ENV), "threads": max(1, int(scaling.cpus_per_worker))},
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=scaling.resources()),
+        # The loop computes on CPU tensors (fsg_ray.adapt has no device placement), which NCCL cannot reduce.
+        torch_config=TorchConfig(backend="gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
+            worker_runtime_env={"env_vars": forwarded} if forwarded else None,
+        ),
+    )
+
+
+def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Result:
+    """Train to `spec.config.steps` on Ray (resuming the run if it exists), then export the generator.
+
+    Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
+    """
+    connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
+    result = make_trainer(spec, run_uri, scaling).fit()
+    export_checkpoint(run_uri, storage.join(run_uri, EXPORT_FILE))
+    return result
