@@ -27,12 +27,24 @@ def _adapt_config(args: argparse.Namespace):
     return load_config(args.config, overrides)
 
 
+def _train(spec, args: argparse.Namespace) -> None:
+    """In this process for --workers 0 or 1 (no Ray); on Ray Train, resuming the run at --out, otherwise."""
+    if args.workers <= 1:
+        from fsg_ray.adapt.run import DirectorySink, run_adaptation
+
+        run_adaptation(spec, DirectorySink(args.out, keep=spec.config.keep_checkpoints), progress=not args.quiet)
+        return
+    from fsg_ray.ray.train import Scaling, adapt_on_ray
+
+    adapt_on_ray(spec, args.out, Scaling(workers=args.workers, gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures))
+
+
 def cmd_adapt(args: argparse.Namespace) -> None:
-    from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
+    from fsg_ray.adapt.run import RunSpec
 
     config = _adapt_config(args)
     spec = RunSpec(source=args.source, target=args.target, config=config, resume_from=args.resume)
-    run_adaptation(spec, DirectorySink(args.out, keep=config.keep_checkpoints), progress=not args.quiet)
+    _train(spec, args)
     print(f"checkpoints and grids: {args.out}  (load with fsg_ray.load_generator({args.out!r}))")
 
 
@@ -68,13 +80,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """The main job on the built-in default: shipped toy source -> 10-shot toy:sketch with CDC."""
-    from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
+    from fsg_ray.adapt.run import RunSpec
 
     out = args.out
     config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50"])
     started = time.perf_counter()
     spec = RunSpec(source="toy:faces", target="toy:sketch", config=config)
-    run_adaptation(spec, DirectorySink(out), progress=not args.quiet)
+    _train(spec, args)
     grid = storage.join(out, "samples", f"step_{args.steps:06d}.png")
     print(f"demo finished in {time.perf_counter() - started:.0f} s")
     print(f"correspondence grid (source row above adapted row, same z and noise): {grid}")
@@ -105,6 +117,12 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_scaling_flags(p: argparse.ArgumentParser, workers: int) -> None:
+    p.add_argument("--workers", type=int, default=workers, help=f"Ray Train workers; 0 or 1 trains in this process without Ray (default {workers}). Global batch = batch x workers")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (restart from the last committed checkpoint)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fsg", description="Few-shot image generation via cross-domain correspondence.")
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -116,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", help="cdc (default), tgan, ...")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint instead of the latest under --out")
     _add_config_flags(p)
+    _add_scaling_flags(p, workers=1)
     p.set_defaults(func=cmd_adapt)
 
     p = verbs.add_parser("sample", help="a grid of samples for given seeds")
@@ -164,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo")
     p.add_argument("--steps", type=int, default=DEMO_STEPS)
     p.add_argument("--quiet", action="store_true")
+    _add_scaling_flags(p, workers=2)
     p.set_defaults(func=cmd_demo)
     return parser
 
