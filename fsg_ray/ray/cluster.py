@@ -17,4 +17,5 @@ def connect(min_cpus: float = 1) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)), include_dashboard=False)
+    # The dashboard stays on: Ray Train's placement-group cleaner polls the State API it serves.
+    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))

@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,6 +147,8 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
+    if scaling.gpus_per_worker:
+        warnings.warn("gpus_per_worker: the adaptation loop computes on CPU (fsg_ray.adapt has no device placement yet); the GPUs are reserved but idle", stacklevel=2)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     result = make_trainer(spec, run_uri, scaling).fit()
     export_checkpoint(run_uri, storage.join(run_uri, EXPORT_FILE))
