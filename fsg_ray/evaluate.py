@@ -22,7 +22,7 @@ from fsg_ray import storage
 from fsg_ray.data import toy
 from fsg_ray.data.images import load_eval_set, load_target
 from fsg_ray.grids import image_grid, pair_grid, save_png, seeded_z, to_pil
-from fsg_ray.metrics import build_extractor, build_lpips, compute_fid_kid, correspondence_error, intra_cluster_lpips
+from fsg_ray.metrics import LpipsModel, build_extractor, build_lpips, compute_fid_kid, correspondence_error, intra_cluster_lpips
 from fsg_ray.metrics.features import seeded_latents
 from fsg_ray.nets.checkpoints import build_generator, read_checkpoint
 from fsg_ray.nets.stylegan2 import Generator
@@ -155,6 +155,66 @@ def _cluster_figure(G: Generator, train_images: Tensor, lpips_result: dict[str, 
     return Figure("clusters", "Intra-LPIPS clusters", caption, grid)
 
 
+def plan_metrics(metrics: Sequence[str] | None, target: str, source_uri: str | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """(metrics to compute, {metric: why it is not defined}); None asks for every metric defined here.
+
+    A metric named explicitly that cannot be computed raises EvalError instead of being skipped.
+    """
+    requested = tuple(METRIC_NAMES if metrics is None else metrics)
+    for name in requested:
+        if name not in METRIC_NAMES:
+            raise EvalError(f"metrics: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
+    reason = correspondence_undefined(target, source_uri) if "corr" in requested else None
+    if reason is None:
+        return requested, {}
+    if metrics is not None:
+        raise EvalError(f"metrics: corr is not defined here: {reason}")
+    return tuple(m for m in requested if m != "corr"), {"corr": reason}
+
+
+@dataclass
+class _Findings:
+    """What the metric steps of one evaluation collect, in the order they run."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    extractors: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    figures: list[Figure] = field(default_factory=list)
+
+
+def _add_fid_kid(found: _Findings, G_t: Generator, target: str, requested: tuple[str, ...], settings: EvalSettings, inception_path: str | None, device: torch.device) -> None:
+    extractor = build_extractor(inception_path, device)
+    real = load_eval_set(target, G_t.config.size, settings.n_real)
+    s = settings
+    fk = compute_fid_kid(G_t, real, s.n_generated, extractor, s.seed, s.batch_size, s.truncation, s.kid_subsets, s.kid_subset_size)
+    found.values.update({k: v for k, v in fk.items() if k.split("_")[0] in requested and isinstance(v, float)})
+    found.extractors["features"] = extractor.name
+    found.details["fid_kid"] = {"n_gen": fk["n_gen"], "n_real": fk["n_real"]}
+
+
+def _add_intra_lpips(found: _Findings, G_t: Generator, train_spec: str, settings: EvalSettings, lpips_model: LpipsModel) -> None:
+    train_images = load_target(train_spec, G_t.config.size)
+    s = settings
+    il = intra_cluster_lpips(G_t, train_images, s.n_lpips, s.max_per_cluster, s.seed, s.batch_size, s.truncation, lpips_model)
+    found.values.update({k: v for k, v in il.items() if k.startswith("intra_lpips")})
+    found.extractors["lpips"] = il["lpips"]
+    found.details["intra_lpips"] = {"cluster_sizes": il["cluster_sizes"], "per_cluster": il["per_cluster"]}
+    found.figures.append(_cluster_figure(G_t, train_images, il, settings))
+
+
+def _add_corr(found: _Findings, G_s: Generator, G_t: Generator, target: str, settings: EvalSettings, lpips_model: LpipsModel) -> None:
+    transform = toy.image_transform(_toy_name(target))
+    ce = correspondence_error(G_s, G_t, transform, settings.n_corr, settings.seed, settings.batch_size, settings.truncation, lpips_model)
+    found.values.update({k: v for k, v in ce.items() if k.startswith("corr_")})
+    found.extractors["lpips"] = ce["lpips"]
+
+
+@torch.no_grad()
+def _samples_figure(G_t: Generator) -> Figure:
+    z = seeded_z(GRID_SEEDS, G_t.style_dim).to(next(G_t.parameters()).device)
+    return Figure("samples", "Samples", f"Samples for seeds {GRID_SEEDS[0]}-{GRID_SEEDS[-1]}, truncation 1.", image_grid(G_t(z, noise="const").clamp(-1, 1).cpu()))
+
+
 def evaluate(
     generator_uri: str,
     target: str,
@@ -170,75 +230,40 @@ def evaluate(
 
     `metrics=None` computes every metric that is defined here and lists the others under
     `not_defined`; naming a metric that cannot be computed (corr without a source or for a target that
-    is not image-space toy) raises EvalError. With `out`, writes `metrics.json` and `report.html` there
-    (a local path or s3:// URI).
+    is not image-space toy) raises EvalError. `train` is the few-shot set intra-LPIPS clusters around
+    (default: a toy target's 10 shots, else the target recorded in the generator's checkpoint). With
+    `out`, writes `metrics.json`, `report.html` and the report's grids as PNGs there (local or s3://).
     """
-    requested = tuple(METRIC_NAMES if metrics is None else metrics)
-    for name in requested:
-        if name not in METRIC_NAMES:
-            raise EvalError(f"metrics: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
-    not_defined: dict[str, str] = {}
-    corr_reason = correspondence_undefined(target, source_uri) if "corr" in requested else None
-    if corr_reason is not None:
-        if metrics is not None:
-            raise EvalError(f"metrics: corr is not defined here: {corr_reason}")
-        not_defined["corr"] = corr_reason
-        requested = tuple(m for m in requested if m != "corr")
-
+    requested, not_defined = plan_metrics(metrics, target, source_uri)
     started = time.perf_counter()
     torch_device = torch.device(device)
     G_t, ckpt = _load_generator(generator_uri, torch_device)
-    size = G_t.config.size
     G_s = None
     if source_uri is not None:
         G_s, _ = _load_generator(source_uri, torch_device)
-        if G_s.config.size != size or G_s.style_dim != G_t.style_dim:
-            raise EvalError(f"source {source_uri} makes {G_s.config.size}px images from {G_s.style_dim}-d z, generator {generator_uri} {size}px from {G_t.style_dim}-d z")
+        if (G_s.config.size, G_s.style_dim) != (G_t.config.size, G_t.style_dim):
+            raise EvalError(
+                f"source {source_uri} makes {G_s.config.size}px images from {G_s.style_dim}-d z, "
+                f"generator {generator_uri} {G_t.config.size}px from {G_t.style_dim}-d z"
+            )
+    train_spec = _train_images_spec(train, target, ckpt) if "intra_lpips" in requested else None
+    if "intra_lpips" in requested and train_spec is None:
+        raise EvalError(f"intra_lpips: {generator_uri} records no training images and target {target} is not toy:NAME; pass train= / --train")
 
-    train_spec = None
-    if "intra_lpips" in requested:
-        train_spec = _train_images_spec(train, target, ckpt)
-        if train_spec is None:
-            raise EvalError(f"intra_lpips: {generator_uri} records no training images and target {target} is not toy:NAME; pass train= / --train")
-
-    values: dict[str, float] = {}
-    extractors: dict[str, str] = {}
-    details: dict[str, Any] = {}
-    figures: list[Figure] = []
+    found = _Findings()
     lpips_model = build_lpips(device=torch_device) if {"intra_lpips", "corr"} & set(requested) else None
-
     if {"fid", "kid"} & set(requested):
-        extractor = build_extractor(inception_path, torch_device)
-        real = load_eval_set(target, size, settings.n_real)
-        fk = compute_fid_kid(G_t, real, settings.n_generated, extractor, settings.seed, settings.batch_size, settings.truncation, settings.kid_subsets, settings.kid_subset_size)
-        values.update({k: v for k, v in fk.items() if k.split("_")[0] in requested and isinstance(v, float)})
-        extractors["features"] = extractor.name
-        details["fid_kid"] = {"n_gen": fk["n_gen"], "n_real": fk["n_real"]}
-
+        _add_fid_kid(found, G_t, target, requested, settings, inception_path, torch_device)
     if "intra_lpips" in requested:
-        train_images = load_target(train_spec, size)
-        il = intra_cluster_lpips(G_t, train_images, settings.n_lpips, settings.max_per_cluster, settings.seed, settings.batch_size, settings.truncation, lpips_model)
-        values.update({k: v for k, v in il.items() if k.startswith("intra_lpips")})
-        extractors["lpips"] = il["lpips"]
-        details["intra_lpips"] = {"cluster_sizes": il["cluster_sizes"], "per_cluster": il["per_cluster"]}
-        figures.append(_cluster_figure(G_t, train_images, il, settings))
-
+        _add_intra_lpips(found, G_t, train_spec, settings, lpips_model)
     if "corr" in requested:
-        transform = toy.image_transform(_toy_name(target))
-        ce = correspondence_error(G_s, G_t, transform, settings.n_corr, settings.seed, settings.batch_size, settings.truncation, lpips_model)
-        values.update({k: v for k, v in ce.items() if k.startswith("corr_")})
-        extractors["lpips"] = ce["lpips"]
+        _add_corr(found, G_s, G_t, target, settings, lpips_model)
+    first = _correspondence_figure(G_s, G_t, target, with_transform="corr" in requested) if G_s is not None else _samples_figure(G_t)
 
-    if G_s is not None:
-        figures.insert(0, _correspondence_figure(G_s, G_t, target, with_transform="corr" in requested))
-    else:
-        z = seeded_z(GRID_SEEDS, G_t.style_dim).to(torch_device)
-        with torch.no_grad():
-            figures.insert(0, Figure("samples", "Samples", "Adapted samples, seeds 0-7, truncation 1.", image_grid(G_t(z, noise="const").clamp(-1, 1).cpu())))
-
-    result = EvalResult(generator_uri, target, source_uri, train_spec, values, not_defined, extractors, settings, details, time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    result = EvalResult(generator_uri, target, source_uri, train_spec, found.values, not_defined, found.extractors, settings, found.details, elapsed)
     if out is not None:
-        write_outputs(result, figures, out)
+        write_outputs(result, [first, *found.figures], out)
     return result
 
 
