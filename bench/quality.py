@@ -146,6 +146,8 @@ def section_body(args: argparse.Namespace, rows: list[Row], wall_s: float, comma
         f"{args.n_lpips} samples around the 10 shots, correspondence from {args.n_corr} samples; {args.workers} runs at a time.",
         f"Extractors: {', '.join(extractors)}.",
     ]
+    if args.source != "toy:faces":
+        notes.append(f"**Source is `{args.source}`, not the shipped toy model**: numbers from another source are not comparable with a `toy:faces` run.")
     if offline:
         notes.append(
             "Offline feature extractors were used (no pretrained Inception/VGG weights on this machine): the `_offline` numbers "
