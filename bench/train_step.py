@@ -107,9 +107,7 @@ def table(name: str, steps: int, timings: list[Timing]) -> str:
     ]
     for t in timings:
         efficiency = f"{t.images_per_s / (t.workers * one.images_per_s):.2f}" if t.mode.startswith("ray") else "-"
-        lines.append(
-            f"| {t.mode} | {t.workers} | {BATCH * t.workers} | {t.step_ms:.0f} | {t.images_per_s:.2f} | {t.images_per_s / base.images_per_s:.2f} | {efficiency} | {t.wall_s:.0f} |"
-        )
+        lines.append(f"| {t.mode} | {t.workers} | {BATCH * t.workers} | {t.step_ms:.0f} | {t.images_per_s:.2f} | {t.images_per_s / base.images_per_s:.2f} | {efficiency} | {t.wall_s:.0f} |")
     return "\n".join(lines)
 
 

@@ -6,17 +6,16 @@ import re
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
 import ray
 import ray.cloudpickle
+import tiny
 import torch
 from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-import tiny
 from tiny import tiny_targets, write_target_folder, write_tiny_source
 
 import fsg_ray
@@ -24,7 +23,6 @@ from fsg_ray.adapt.anchors import Latents
 from fsg_ray.adapt.loop import Adaptation, SingleProcess, init_networks
 from fsg_ray.adapt.run import RunSpec
 from fsg_ray.config import load_config
-from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import read_checkpoint
 from fsg_ray.ray.collective import ProcessGroup
 from fsg_ray.ray.faults import FAULT_ENV

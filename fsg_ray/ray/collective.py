@@ -24,6 +24,8 @@ class ProcessGroup:
     def __init__(self) -> None:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
+        # NCCL reduces only CUDA tensors, gloo any: scalars go where the backend can take them.
+        self.device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
         self._checked: set[tuple[int, ...]] = set()
 
     def sync_gradients(self, params: list[nn.Parameter]) -> None:
@@ -43,7 +45,7 @@ class ProcessGroup:
             p.grad.copy_(averaged.view_as(p.grad))
 
     def mean(self, value: float) -> float:
-        total = torch.tensor(value, dtype=torch.float64)
+        total = torch.tensor(value, dtype=torch.float64, device=self.device)
         dist.all_reduce(total)
         return total.item() / self.world_size
 
