@@ -50,7 +50,7 @@ def set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
         p.requires_grad_(flag)
 
 
-def init_networks(source: dict[str, Any]) -> Networks:
+def init_networks(source: dict[str, Any], device: torch.device | str = "cpu") -> Networks:
     """G_t and G_s from the source `g`, G_ema from `g_ema`, D from `d`, fresh patch heads (SPEC §3 Init)."""
     g_key = "g" if "g" in source else "g_ema"
     g = build_generator(source, g_key).train()
@@ -61,7 +61,10 @@ def init_networks(source: dict[str, Any]) -> Networks:
     else:
         warnings.warn(f"{source.get('uri', 'source')}: has no discriminator; D starts from random weights", stacklevel=2)
         d = Discriminator(model_config(source))
-    return Networks(g=g, g_source=g_source, g_ema=g_ema, d=d, heads=PatchHeads(d.patch_map_channels()))
+    nets = Networks(g=g, g_source=g_source, g_ema=g_ema, d=d, heads=PatchHeads(d.patch_map_channels()))
+    for module in (nets.g, nets.g_source, nets.g_ema, nets.d, nets.heads):
+        module.to(device)
+    return nets
 
 
 def lazy_adam(params: list[nn.Parameter], lr: float, reg_every: int) -> torch.optim.Adam:
@@ -86,7 +89,10 @@ class Adaptation:
 
     def __init__(self, nets: Networks, targets: FewShotImages, config: AdaptConfig, dist: Distributed | None = None, method: Method | None = None):
         self.nets = nets
-        self.targets = targets
+        # Everything computes where the networks are; random draws stay on CPU generators so that a
+        # seed gives the same z, images and schedule on any device.
+        self.device = next(nets.g.parameters()).device
+        self.targets = FewShotImages(targets.images.to(self.device))
         self.config = config
         self.dist = dist or SingleProcess()
         self.method = method or make_method(config)
@@ -108,7 +114,10 @@ class Adaptation:
     # --- sampling -------------------------------------------------------------------------------
 
     def _latents(self, batch: int) -> Latents:
-        return phase_latents(self.step, batch, self.style_dim, self.anchors, self.config.anchors, self.config.optim.mixing, self.n_latent, self.sample_rng)
+        return self._on_device(phase_latents(self.step, batch, self.style_dim, self.anchors, self.config.anchors, self.config.optim.mixing, self.n_latent, self.sample_rng))
+
+    def _on_device(self, latents: Latents) -> Latents:
+        return Latents([z.to(self.device) for z in latents.z], latents.inject_index)
 
     def _generate(self, latents: Latents) -> Synthesis:
         g = self.nets.g
@@ -177,7 +186,7 @@ class Adaptation:
     def distance_consistency(self) -> Tensor:
         """L_dist on fresh z (no anchors, no mixing); G_s without gradients, G_t with."""
         cdc = self.config.cdc
-        z = torch.randn(cdc.batch, self.style_dim, generator=self.sample_rng)
+        z = torch.randn(cdc.batch, self.style_dim, generator=self.sample_rng).to(self.device)
         with torch.no_grad():
             source = self.nets.g_source.synthesis(self.nets.g_source.latents(z), noise="random").features
         target = self.nets.g.synthesis(self.nets.g.latents(z), noise="random").features
@@ -188,7 +197,7 @@ class Adaptation:
     def path_length_step(self) -> float:
         opt = self.config.optim
         batch = max(1, self.config.batch // opt.path_batch_shrink)
-        out = self._generate(phase_latents(1, batch, self.style_dim, None, self.config.anchors, opt.mixing, self.n_latent, self.sample_rng))
+        out = self._generate(self._on_device(phase_latents(1, batch, self.style_dim, None, self.config.anchors, opt.mixing, self.n_latent, self.sample_rng)))
         penalty, new_mean = path_length_penalty(out.image, out.latents, self.mean_path_length, opt.path_decay)
         loss = opt.path_weight * opt.g_reg_every * penalty + 0 * out.image.flatten()[0]
         self._apply(self.g_optim, self.g_params, loss)
@@ -263,5 +272,5 @@ class Adaptation:
         self.step = ckpt["step"]
 
 
-def new_adaptation(source: dict[str, Any], targets: FewShotImages, config: AdaptConfig, dist: Distributed | None = None) -> Adaptation:
-    return Adaptation(init_networks(source), targets, config, dist)
+def new_adaptation(source: dict[str, Any], targets: FewShotImages, config: AdaptConfig, dist: Distributed | None = None, device: torch.device | str = "cpu") -> Adaptation:
+    return Adaptation(init_networks(source, device), targets, config, dist)

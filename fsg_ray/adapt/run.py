@@ -82,17 +82,17 @@ def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> No
             raise CheckpointError(f"{where}: cannot resume, config {key} was {stored.get(key)!r}, now {wanted[key]!r}")
 
 
-def prepare(spec: RunSpec, dist: Distributed | None = None) -> Adaptation:
+def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu") -> Adaptation:
     source = read_checkpoint(spec.source)
     images = load_target(spec.target, model_config(source).size)
     warn_if_few(images, spec.config.anchors.count)
-    return new_adaptation(source, FewShotImages(images), spec.config, dist)
+    return new_adaptation(source, FewShotImages(images), spec.config, dist, device)
 
 
 @torch.no_grad()
 def correspondence_grid(run: Adaptation) -> Any:
     """The same z and the same stored noise through G_s and G_ema, source row above target row."""
-    z = seeded_z(GRID_SEEDS, run.style_dim)
+    z = seeded_z(GRID_SEEDS, run.style_dim).to(run.device)
     return pair_grid(run.nets.g_source(z, noise="const"), run.nets.g_ema(z, noise="const"))
 
 
@@ -103,9 +103,16 @@ def stats_line(stats: StepStats) -> dict[str, float]:
     return line
 
 
-def run_adaptation(spec: RunSpec, sink: RunSink, dist: Distributed | None = None, progress: bool = True, on_step: Callable[[Adaptation], None] | None = None) -> Adaptation:
+def run_adaptation(
+    spec: RunSpec,
+    sink: RunSink,
+    dist: Distributed | None = None,
+    progress: bool = True,
+    on_step: Callable[[Adaptation], None] | None = None,
+    device: torch.device | str = "cpu",
+) -> Adaptation:
     """Train from the sink's latest checkpoint (or `resume_from`, or the start) to `config.steps`."""
-    run = prepare(spec, dist)
+    run = prepare(spec, dist, device)
     ckpt = read_checkpoint(spec.resume_from) if spec.resume_from else sink.latest_checkpoint()
     if ckpt is not None:
         check_resumable(ckpt, spec.config, ckpt["uri"])
