@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import multiprocessing
 import platform
 import shlex
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,10 @@ DEFAULT_N_GENERATED = 500
 DEFAULT_N_LPIPS = 100
 DEFAULT_N_CORR = 64
 DEFAULT_WORKERS = 2
+DEFAULT_TIME_LIMIT = 30.0  # `make bench` must end on a loaded shared machine too; runs in flight still finish
+
+
+Job = tuple[str, str | None]  # (target, method); method None is the unadapted source
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-lpips", type=int, default=DEFAULT_N_LPIPS, help="samples for intra-cluster LPIPS")
     p.add_argument("--n-corr", type=int, default=DEFAULT_N_CORR, help="samples for the correspondence error")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="runs at a time, one process and one thread each")
+    p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, help="minutes after which no new run starts (0: none); the table lists what finished")
     p.add_argument("--seed", type=int, default=0, help="adaptation and evaluation seed, the same for every run")
     p.add_argument("--source", default="toy:faces", help="source generator (default: the shipped toy model)")
     p.add_argument("--out", default="out/bench_quality", help="runs, reports and grids go here (local path)")
@@ -134,7 +140,7 @@ def replace_section(text: str, heading: str, body: str) -> str:
     return "\n".join(lines[:start] + [heading, "", body.rstrip(), ""] + rest).rstrip("\n") + "\n"
 
 
-def section_body(args: argparse.Namespace, rows: list[Row], wall_s: float, command: str) -> str:
+def section_body(args: argparse.Namespace, rows: list[Row], not_run: list[Job], wall_s: float, command: str) -> str:
     offline = sorted({name for row in rows for name in row.result.offline})
     extractors = sorted({name for row in rows for name in row.result.extractors.values()})
     notes = [
@@ -146,6 +152,10 @@ def section_body(args: argparse.Namespace, rows: list[Row], wall_s: float, comma
         f"{args.n_lpips} samples around the 10 shots, correspondence from {args.n_corr} samples; {args.workers} runs at a time.",
         f"Extractors: {', '.join(extractors)}.",
     ]
+    if not_run:
+        skipped = ", ".join(f"{target}/{method or 'source'}" for target, method in not_run)
+        limit = f" within `--time-limit {args.time_limit:g}` (minutes after which no new run starts)" if args.time_limit else ""
+        notes.append(f"**Partial**: {len(rows)} of {len(rows) + len(not_run)} runs finished{limit}. Not run: {skipped}.")
     if args.source != "toy:faces":
         notes.append(f"**Source is `{args.source}`, not the shipped toy model**: numbers from another source are not comparable with a `toy:faces` run.")
     if offline:
@@ -161,7 +171,7 @@ def section_body(args: argparse.Namespace, rows: list[Row], wall_s: float, comma
     return "\n\n".join(notes) + "\n\n" + format_table(rows)
 
 
-def run_job(job: tuple[str, str | None], args: argparse.Namespace) -> Row:
+def run_job(job: Job, args: argparse.Namespace) -> Row:
     """One table row in a worker process: the source as it is (method None), or adapt + evaluate."""
     torch.set_num_threads(1)  # the machine is shared; one thread per process is also the fastest for 64px models
     target, method = job
@@ -175,30 +185,45 @@ def run_job(job: tuple[str, str | None], args: argparse.Namespace) -> Row:
     return Row(target, method, result, adapt_s)
 
 
+def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list[Job]]:
+    """Run `jobs` `--workers` at a time; once `--time-limit` minutes have passed start no new one.
+
+    Returns the finished rows in job order and the jobs never started. The limit exists because the
+    machine is shared: a run under heavy load can take several times its unloaded time.
+    """
+    deadline = time.perf_counter() + 60 * args.time_limit if args.time_limit else math.inf
+    pending, running, done = list(jobs), {}, {}
+    # Spawned workers: forking a process whose torch thread pools are running can deadlock.
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        while running or (pending and time.perf_counter() < deadline):
+            while pending and len(running) < args.workers and time.perf_counter() < deadline:
+                job = pending.pop(0)
+                running[pool.submit(run_job, job, args)] = job
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                row = done[running.pop(future)] = future.result()
+                values = ", ".join(f"{k}={v:.4f}" for k, v in row.result.metrics.items())
+                print(f"{row.target} / {row.method}: {values}; adapt {row.adapt_s:.0f} s, eval {row.result.elapsed_s:.0f} s", flush=True)
+    return [done[job] for job in jobs if job in done], pending
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = "python bench/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     jobs = [(target, method) for target in args.targets for method in [None, *args.methods]]
     started = time.perf_counter()
-    # Spawned workers: forking a process whose torch thread pools are running can deadlock.
-    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(run_job, job, args) for job in jobs]
-        for future in as_completed(futures):
-            row = future.result()
-            values = ", ".join(f"{k}={v:.4f}" for k, v in row.result.metrics.items())
-            print(f"{row.target} / {row.method}: {values}; adapt {row.adapt_s:.0f} s, eval {row.result.elapsed_s:.0f} s", flush=True)
-    rows = [future.result() for future in futures]  # table order, whatever order they finished in
+    rows, not_run = run_jobs(jobs, args)
     torch.set_num_threads(1)
-    for target in args.targets:
-        generators = {method: str(Path(args.out) / target / method) for method in args.methods}
+    for target in sorted({row.target for row in rows}, key=args.targets.index):
+        generators = {row.method: str(Path(args.out) / target / row.method) for row in rows if row.target == target and row.method != SOURCE_ROW}
         save_png(str(Path(args.out) / target / "methods.png"), to_pil(methods_grid(args.source, target, generators)))
     wall_s = time.perf_counter() - started
     print(format_table(rows))
-    print(f"benchmark wall time: {wall_s / 60:.1f} min")
+    print(f"benchmark wall time: {wall_s / 60:.1f} min" + (f"; {len(not_run)} of {len(jobs)} runs not started (--time-limit)" if not_run else ""))
     if args.results:
         path = Path(args.results)
         text = path.read_text() if path.exists() else "# Benchmark results\n"
-        path.write_text(replace_section(text, SECTION, section_body(args, rows, wall_s, command)))
+        path.write_text(replace_section(text, SECTION, section_body(args, rows, not_run, wall_s, command)))
         print(f"refreshed {SECTION!r} in {path}")
     return 0
 
