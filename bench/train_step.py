@@ -7,8 +7,9 @@ checkpoint: all steps from 0, lazy R1 and path length included), so Ray's start-
 the per-step figures and shown separately as wall time. Scaling efficiency = images/s with 2 workers
 / (2 x images/s with 1 worker).
 
-    python bench/train_step.py            # toy config (20 steps) and 256px cm=2 (3 steps)
-    python bench/train_step.py --quick    # toy config only, 6 steps
+    python bench/train_step.py                      # toy config (20 steps) and 256px cm=2 (1 step)
+    python bench/train_step.py --only 256px-cm2     # one config
+    python bench/train_step.py --quick              # toy config only, 6 steps
 """
 
 from __future__ import annotations
@@ -89,41 +90,46 @@ def on_ray(spec: RunSpec, run_uri: str, workers: int) -> Timing:
     return Timing(f"ray x{workers}", workers, metrics["step_time_s"] * 1000, metrics["global_images_per_s"], wall)
 
 
-def bench(name: str, model: ModelConfig, steps: int, root: Path) -> list[Timing]:
+HEADER = [
+    "| mode | workers | global batch | ms/step | images/s | images/s vs in-process | scaling efficiency | wall s (incl. start-up) |",
+    "|---|---|---|---|---|---|---|---|",
+]
+
+
+def row(t: Timing, base: Timing, one_worker: Timing | None) -> str:
+    efficiency = f"{t.images_per_s / (t.workers * one_worker.images_per_s):.2f}" if one_worker else "-"
+    return f"| {t.mode} | {t.workers} | {BATCH * t.workers} | {t.step_ms:.0f} | {t.images_per_s:.2f} | {t.images_per_s / base.images_per_s:.2f} | {efficiency} | {t.wall_s:.0f} |"
+
+
+def bench(name: str, model: ModelConfig, steps: int, root: Path) -> None:
+    """Prints each row as soon as it is measured: a later mode may not fit in memory (256px on a small box)."""
     source, target = write_inputs(model, root)
     overrides = [f"steps={steps}", f"batch={BATCH}", f"checkpoint_every={steps}", f"sample_every={steps}"]
     spec = RunSpec(source, target, load_config(None, overrides))
-    return [in_process(spec), on_ray(spec, str(root / f"{name}-ray1"), 1), on_ray(spec, str(root / f"{name}-ray2"), 2)]
-
-
-def table(name: str, steps: int, timings: list[Timing]) -> str:
-    base = timings[0]
-    one = next(t for t in timings if t.mode == "ray x1")
-    lines = [
-        f"{name}, batch {BATCH} per worker, {steps} steps",
-        "",
-        "| mode | workers | global batch | ms/step | images/s | images/s vs in-process | scaling efficiency | wall s (incl. start-up) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for t in timings:
-        efficiency = f"{t.images_per_s / (t.workers * one.images_per_s):.2f}" if t.mode.startswith("ray") else "-"
-        lines.append(f"| {t.mode} | {t.workers} | {BATCH * t.workers} | {t.step_ms:.0f} | {t.images_per_s:.2f} | {t.images_per_s / base.images_per_s:.2f} | {efficiency} | {t.wall_s:.0f} |")
-    return "\n".join(lines)
+    print(f"\n{name}, batch {BATCH} per worker, {steps} steps\n", *HEADER, sep="\n", flush=True)
+    base = in_process(spec)
+    print(row(base, base, None), flush=True)
+    one = on_ray(spec, str(root / f"{name}-ray1"), 1)
+    print(row(one, base, one), flush=True)
+    print(row(on_ray(spec, str(root / f"{name}-ray2"), 2), base, one), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="toy config only, few steps")
+    parser.add_argument("--only", choices=sorted(CONFIGS), help="run one config")
     args = parser.parse_args()
-    plan = {"toy-64px": 6} if args.quick else {"toy-64px": 20, "256px-cm2": 3}
+    # One 256px step (with R1, path length and CDC, as every step 0) takes minutes on one CPU core.
+    plan = {"toy-64px": 6} if args.quick else {"toy-64px": 20, "256px-cm2": 1}
+    if args.only:
+        plan = {args.only: plan.get(args.only, 1)}
     connect(min_cpus=2)
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, CDC (default config)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, steps in plan.items():
             root = Path(tmp) / name
             root.mkdir()
-            print()
-            print(table(name, steps, bench(name, CONFIGS[name], steps, root)), flush=True)
+            bench(name, CONFIGS[name], steps, root)
 
 
 if __name__ == "__main__":

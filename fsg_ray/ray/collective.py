@@ -58,5 +58,5 @@ class ProcessGroup:
         differ = (high != low).nonzero()
         if len(differ):
             offsets = torch.tensor([p.numel() for p in params]).cumsum(0)
-            first = int(torch.searchsorted(offsets, differ[0, 0], right=True))
+            first = int(torch.searchsorted(offsets, int(differ[0, 0]), right=True))
             raise OutOfSync(f"rank {self.rank}: {len(differ)} of {flat.numel()} weights differ across ranks, first in parameter #{first} of shape {list(params[first].shape)}")

@@ -4,6 +4,10 @@ Every worker calls `run_adaptation` with a `ProcessGroup` (gradients averaged ov
 `TrainReportSink` (checkpoints through `ray.train.report`, so Ray commits them and hands the latest
 back after a worker failure or a rerun). Each rank draws its own z and real images (the loop seeds
 them by rank), so the global batch is `config.batch` per worker times the number of workers.
+Averaged gradients equal the global batch's for losses that are means over independent samples
+(adversarial, R1; tested). Two terms are per worker by design, as in StyleGAN2-ADA: CDC's softmax runs
+over pairs within one worker's `cdc.batch` z (N workers average N such estimates), and path length
+keeps a per-worker running mean. A rerun with another worker count continues with another global batch.
 
 The run URI names the run: Ray Train's storage is its parent and the run name its last part, so
 checkpoints land at `RUN_URI/checkpoint_XXXXXX/state.pt` exactly as in a single-process run, and
@@ -17,7 +21,6 @@ import logging
 import os
 import posixpath
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +28,7 @@ import pyarrow.fs as pafs
 import ray.train
 import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
@@ -119,7 +122,9 @@ def train_worker(config: dict[str, Any]) -> None:
     # (ProcessGroup checks that all ranks start from the same weights).
     torch.manual_seed(spec.config.seed)
     on_step = fault_hook(Fault.parse(config["fault"]), run_uri, rank) if config["fault"] else None
-    run_adaptation(spec, TrainReportSink(run_uri, rank, world_size), ProcessGroup(), progress=False, on_step=on_step)
+    sink = TrainReportSink(run_uri, rank, world_size)
+    # The GPU Ray assigned to this worker, or the CPU.
+    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=get_device())
 
 
 def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
@@ -129,8 +134,8 @@ def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
         train_worker,
         train_loop_config={"spec": spec, "run_uri": run_uri, "fault": os.environ.get(FAULT_ENV), "threads": max(1, int(scaling.cpus_per_worker))},
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=scaling.resources()),
-        # The loop computes on CPU tensors (fsg_ray.adapt has no device placement), which NCCL cannot reduce.
-        torch_config=TorchConfig(backend="gloo"),
+        # NCCL on GPUs, gloo on CPUs (NCCL reduces only CUDA tensors).
+        torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
         run_config=RunConfig(
             name=name,
             storage_path=storage_path,
@@ -147,8 +152,6 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
-    if scaling.gpus_per_worker:
-        warnings.warn("gpus_per_worker: the adaptation loop computes on CPU (fsg_ray.adapt has no device placement yet); the GPUs are reserved but idle", stacklevel=2)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     result = make_trainer(spec, run_uri, scaling).fit()
     export_checkpoint(run_uri, storage.join(run_uri, EXPORT_FILE))
