@@ -32,7 +32,8 @@ def _train(spec, args: argparse.Namespace) -> None:
     if args.workers <= 1:
         from fsg_ray.adapt.run import DirectorySink, run_adaptation
 
-        run_adaptation(spec, DirectorySink(args.out, keep=spec.config.keep_checkpoints), progress=not args.quiet)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        run_adaptation(spec, DirectorySink(args.out, keep=spec.config.keep_checkpoints), progress=not args.quiet, device=device)
         return
     from fsg_ray.ray.train import Scaling, adapt_on_ray
 
@@ -121,6 +122,7 @@ def _add_scaling_flags(p: argparse.ArgumentParser, workers: int) -> None:
     p.add_argument("--workers", type=int, default=workers, help=f"Ray Train workers; 0 or 1 trains in this process without Ray (default {workers}). Global batch = batch x workers")
     p.add_argument("--gpus-per-worker", type=float, default=0.0)
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from (restart from the last committed checkpoint)")
+    p.add_argument("--device", help="device of a one-process run, e.g. cpu or cuda:0 (default: cuda when present); Ray workers use the device Ray assigns")
 
 
 def build_parser() -> argparse.ArgumentParser:
