@@ -15,10 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from fsg_ray import storage
+from fsg_ray.adapt.methods.minegan import load_miner
 from fsg_ray.data import toy
 from fsg_ray.data.images import load_eval_set, load_target
 from fsg_ray.grids import image_grid, pair_grid, save_png, seeded_z, to_pil
@@ -120,9 +121,25 @@ def _train_images_spec(train: str | None, target: str, ckpt: dict[str, Any]) -> 
     return ckpt.get("target")
 
 
-def _load_generator(uri: str, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+class MinedGenerator(nn.Module):
+    """A MineGAN run's sampler: its frozen G behind the trained miner, which is no part of `g_ema`."""
+
+    def __init__(self, g: Generator, miner: nn.Module):
+        super().__init__()
+        self.g, self.miner = g, miner
+        self.config, self.style_dim = g.config, g.style_dim
+
+    def forward(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor:
+        return self.g(self.miner(z), truncation=truncation, noise=noise)
+
+
+def _load_generator(uri: str, device: torch.device) -> tuple[Generator | MinedGenerator, dict[str, Any]]:
+    """The EMA generator of a checkpoint; for a MineGAN run, behind its miner (evaluating G alone would show the source)."""
     ckpt = read_checkpoint(uri)
-    return build_generator(ckpt).to(device), ckpt
+    g = build_generator(ckpt)
+    if ckpt.get("method") == "minegan":
+        g = MinedGenerator(g, load_miner(ckpt))
+    return g.to(device), ckpt
 
 
 @torch.no_grad()
