@@ -49,6 +49,13 @@ def is_remote(uri: StrPath) -> bool:
     return _split(uri)[0] == "s3"
 
 
+def absolute(uri: StrPath) -> str:
+    """The URI with a local path made absolute, so that another process with another working directory
+    (a Ray worker) reaches the same file; `s3://` and `file://` URIs are already absolute."""
+    scheme, rest = _split(uri)
+    return os.path.abspath(rest) if scheme == "" else os.fspath(uri)
+
+
 def join(uri: StrPath, *parts: str) -> str:
     """Append path parts with "/", keeping the scheme; a part never replaces the base (no leading /)."""
     return posixpath.join(os.fspath(uri), *(part.lstrip("/") for part in parts))

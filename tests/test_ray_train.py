@@ -176,16 +176,20 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_and_finishes(ray_clus
     assert resumed and int(resumed[1]) == int(resumed[2]) in (2, 4, 6)
 
 
-def test_a_rerun_with_more_steps_continues_without_rewriting_checkpoints(ray_cluster, files, tmp_path, capfd):
+def test_a_rerun_with_more_steps_continues_without_rewriting_checkpoints(ray_cluster, files, tmp_path, capfd, monkeypatch):
+    # Relative paths, as typed on a command line: workers run elsewhere and must still find them.
+    monkeypatch.chdir(tmp_path)
+    relative = tuple(os.path.relpath(f, tmp_path) for f in files)
     run_uri = tmp_path / "runs" / "resume"
-    adapt_on_ray(spec(files, "steps=4"), str(run_uri), Scaling(workers=1))
+    adapt_on_ray(spec(relative, "steps=4"), "runs/resume", Scaling(workers=1))
     first = {p.parent.name: p.stat().st_mtime_ns for p in run_uri.glob("checkpoint_*/state.pt")}
-    result = adapt_on_ray(spec(files, "steps=8"), str(run_uri), Scaling(workers=1))
+    result = adapt_on_ray(spec(relative, "steps=8"), "runs/resume", Scaling(workers=1))
 
     assert sorted(first) == ["checkpoint_000002", "checkpoint_000004"]
     assert sorted(p.name for p in run_uri.glob("checkpoint_[0-9]*")) == [f"checkpoint_{s:06d}" for s in (2, 4, 6, 8)]
     assert {name: (run_uri / name / "state.pt").stat().st_mtime_ns for name in first} == first
     assert result.metrics["step"] == 8 and read_checkpoint(str(run_uri))["step"] == 8
+    assert sorted(p.name for p in (run_uri / "samples").iterdir()) == [f"step_{s:06d}.png" for s in (2, 4, 6, 8)]
     wait_for_line(capfd, "resumed from checkpoint_000004 at step 4")
 
 

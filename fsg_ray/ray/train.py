@@ -147,11 +147,19 @@ def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
     )
 
 
+def _is_local_path(uri: str | None) -> bool:
+    """A path on this machine's disk, as opposed to a shipped model or toy domain (`toy:`) or an object-store URI."""
+    return uri is not None and not uri.startswith("toy:") and not storage.is_remote(uri)
+
+
 def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Result:
     """Train to `spec.config.steps` on Ray (resuming the run if it exists), then export the generator.
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
+    # Workers run in Ray's own working directory: relative local paths must not reach them.
+    local = {name: storage.absolute(getattr(spec, name)) for name in ("source", "target", "resume_from") if _is_local_path(getattr(spec, name))}
+    spec, run_uri = dataclasses.replace(spec, **local), storage.absolute(run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     result = make_trainer(spec, run_uri, scaling).fit()
     export_checkpoint(run_uri, storage.join(run_uri, EXPORT_FILE))
