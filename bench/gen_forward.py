@@ -122,11 +122,12 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS))
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds measured per cell")
+    parser.add_argument("--batches", help="comma-separated batch sizes (default 1,4,16,64; --quick: 1,8)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    batches = [1, 8] if args.quick else [1, 4, 16, 64]
+    batches = [int(b) for b in args.batches.split(",")] if args.batches else [1, 8] if args.quick else [1, 4, 16, 64]
     wanted = set(args.variants.split(",")) - ({"compile"} if args.quick else set())
     variants = [v for v in VARIANTS if v.name in wanted]
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])

@@ -16,6 +16,7 @@ from fsg_ray.nets.checkpoints import CheckpointError, export_checkpoint, load_ge
 from fsg_ray.nets.stylegan2 import ModelConfig
 
 DEMO_STEPS = 300
+DEMO_EMA_DECAY = 0.977  # half-life of 30 steps
 
 
 def _adapt_config(args: argparse.Namespace):
@@ -84,7 +85,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fsg_ray.adapt.run import RunSpec
 
     out = args.out
-    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50"])
+    # The default EMA (half-life 312 steps) is sized for 5000-step runs; over a few hundred steps it
+    # would still be half the source, so the demo's grid would hide what G_t has learned.
+    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50", f"optim.ema_decay={DEMO_EMA_DECAY}"])
     started = time.perf_counter()
     spec = RunSpec(source="toy:faces", target="toy:sketch", config=config)
     _train(spec, args)
