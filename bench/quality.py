@@ -209,7 +209,7 @@ def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    command = "python bench/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    command = ("python bench/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
     jobs = [(target, method) for target in args.targets for method in [None, *args.methods]]
     started = time.perf_counter()
     rows, not_run = run_jobs(jobs, args)
