@@ -106,7 +106,7 @@ def bench(name: str, config: ModelConfig, device: torch.device, batches: list[in
         cells = []
         for v in variants:
             value = results.get((v.name, batch))
-            cells.append("n/a" if value is None else f"{value:.1f}" + ("" if base is None or v.name == "fp32" else f" (x{value / base:.2f})"))
+            cells.append("n/a" if value is None else f"{value:.3g}" + ("" if base is None or v.name == "fp32" else f" (x{value / base:.2f})"))
         print(f"| {batch} | " + " | ".join(cells) + " |")
 
 
