@@ -31,7 +31,7 @@ from torchvision.utils import make_grid
 
 from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
-from fsg_ray.config import load_config
+from fsg_ray.config import ema_decay_for_short_run, load_config
 from fsg_ray.data import toy
 from fsg_ray.evaluate import EvalResult, EvalSettings, evaluate
 from fsg_ray.grids import save_png, seeded_z, to_pil
@@ -95,7 +95,8 @@ def _subset(text: str, valid: tuple[str, ...], flag: str) -> list[str]:
 def adapt(source: str, target: str, method: str, steps: int, seed: int, run_dir: Path) -> float:
     """One fresh adaptation run (an old run dir would be resumed, not re-timed); returns its wall time."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    config = load_config(None, [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}"])
+    overrides = [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}"]
+    config = load_config(None, overrides + [f"optim.ema_decay={ema_decay_for_short_run(steps)}"])
     started = time.perf_counter()
     run_adaptation(RunSpec(source=source, target=f"toy:{target}", config=config), DirectorySink(str(run_dir)), progress=False)
     return time.perf_counter() - started
@@ -147,7 +148,8 @@ def section_body(args: argparse.Namespace, rows: list[Row], not_run: list[Job], 
         f"Machine: 2-core CPU shared with other jobs, no GPU ({platform.machine()}, torch {torch.__version__}, 1 thread per run). "
         f"Date: {datetime.date.today().isoformat()}.",
         f"Command: `{command}`; it took {wall_s / 60:.1f} min in all.",
-        f"Budget: {args.steps} adaptation steps per run (batch 4, seed {args.seed}; the paper uses 5000), source `{args.source}`; "
+        f"Budget: {args.steps} adaptation steps per run (batch 4, seed {args.seed}; the paper uses 5000), source `{args.source}`, "
+        f"EMA half-life {args.steps / 10:g} steps (a tenth of the run, `ema_decay_for_short_run`; the paper's 312 would leave G_ema mostly the source); "
         f"FID/KID from {args.n_generated} samples against {args.n_generated} held-out target images, intra-cluster LPIPS from "
         f"{args.n_lpips} samples around the 10 shots, correspondence from {args.n_corr} samples; {args.workers} runs at a time.",
         f"Extractors: {', '.join(extractors)}.",

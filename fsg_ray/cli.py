@@ -10,13 +10,12 @@ from collections.abc import Sequence
 import torch
 
 from fsg_ray import storage
-from fsg_ray.config import ConfigError, load_config
+from fsg_ray.config import ConfigError, ema_decay_for_short_run, load_config
 from fsg_ray.data.images import TargetDataError
 from fsg_ray.nets.checkpoints import CheckpointError, export_checkpoint, load_generator
 from fsg_ray.nets.stylegan2 import ModelConfig
 
 DEMO_STEPS = 300
-DEMO_EMA_DECAY = 0.977  # half-life of 30 steps
 
 
 def _adapt_config(args: argparse.Namespace):
@@ -85,9 +84,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fsg_ray.adapt.run import RunSpec
 
     out = args.out
-    # The default EMA (half-life 312 steps) is sized for 5000-step runs; over a few hundred steps it
-    # would still be half the source, so the demo's grid would hide what G_t has learned.
-    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50", f"optim.ema_decay={DEMO_EMA_DECAY}"])
+    ema_decay = ema_decay_for_short_run(args.steps)
+    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50", f"optim.ema_decay={ema_decay}"])
     started = time.perf_counter()
     spec = RunSpec(source="toy:faces", target="toy:sketch", config=config)
     _train(spec, args)

@@ -55,6 +55,18 @@ class OptimConfig:
     mixing: float = 0.9
 
 
+def ema_decay_for_short_run(steps: int) -> float:
+    """EMA decay with a half-life of a tenth of the run.
+
+    The default decay (half-life 312 steps) suits the paper's 5000-step runs; after a few hundred steps
+    it leaves G_ema mostly the source, so short runs (the demo, the toy benchmark) would show and
+    measure the source instead of what G_t learned.
+    """
+    if steps < 1:
+        raise ConfigError(f"steps: must be >= 1 to size an EMA, got {steps}")
+    return 0.5 ** (10 / steps)
+
+
 @dataclass(frozen=True)
 class BaselineConfig:
     """Options of the comparison methods (SPEC §5); each is read only by its own method (docs/methods.md)."""

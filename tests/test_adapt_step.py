@@ -12,7 +12,7 @@ from fsg_ray.adapt.anchors import (
 )
 from fsg_ray.adapt.loop import lazy_adam, new_adaptation
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-from fsg_ray.config import AnchorConfig, load_config
+from fsg_ray.config import AnchorConfig, ConfigError, ema_decay_for_short_run, load_config
 from fsg_ray.nets.stylegan2 import Discriminator
 
 
@@ -108,6 +108,19 @@ def test_ema_moves_each_weight_by_one_minus_decay_of_the_gap():
     decay = run.config.optim.ema_decay
     for b, p_ema, p in zip(before, run.nets.g_ema.parameters(), run.nets.g.parameters()):
         assert torch.allclose(p_ema, decay * b + (1 - decay) * p, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [10, 100, 300])
+def test_short_run_ema_keeps_a_thousandth_of_the_source_after_the_run(steps: int):
+    ema = torch.zeros(1)
+    for _ in range(steps):
+        ema.lerp_(torch.ones(1), 1.0 - ema_decay_for_short_run(steps))
+    assert 1.0 - ema.item() == pytest.approx(0.5**10, rel=1e-3)
+
+
+def test_short_run_ema_rejects_an_empty_run():
+    with pytest.raises(ConfigError, match="steps"):
+        ema_decay_for_short_run(0)
 
 
 def test_lazy_adam_rescales_lr_and_betas():
