@@ -30,10 +30,11 @@ def _adapt_config(args: argparse.Namespace):
 def _train(spec, args: argparse.Namespace) -> None:
     """In this process for --workers 0 or 1 (no Ray); on Ray Train, resuming the run at --out, otherwise."""
     if args.workers <= 1:
-        from fsg_ray.adapt.run import DirectorySink, run_adaptation
+        from fsg_ray.adapt.run import DirectorySink, export_final_generator, run_adaptation
 
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         run_adaptation(spec, DirectorySink(args.out, keep=spec.config.keep_checkpoints), progress=not args.quiet, device=device)
+        export_final_generator(args.out)
         return
     from fsg_ray.ray.train import Scaling, adapt_on_ray
 
@@ -46,7 +47,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
     config = _adapt_config(args)
     spec = RunSpec(source=args.source, target=args.target, config=config, resume_from=args.resume)
     _train(spec, args)
-    print(f"checkpoints and grids: {args.out}  (load with fsg_ray.load_generator({args.out!r}))")
+    print(f"checkpoints, grids and generator.pt (the field's format): {args.out}  (load with fsg_ray.load_generator({args.out!r}))")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:

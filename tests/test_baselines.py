@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny import TINY, tiny_source, tiny_targets
 
-from fsg_ray.adapt.loop import Adaptation, new_adaptation
+from fsg_ray.adapt.loop import Adaptation, SingleProcess, new_adaptation
 from fsg_ray.adapt.methods import METHODS, ewc
 from fsg_ray.adapt.methods.ada import ADA, augment
 from fsg_ray.adapt.methods.bsa import folded_state
@@ -118,10 +118,18 @@ def ada(*overrides: str) -> ADA:
     return ADA(load_config(None, ["method=ada", *overrides]))
 
 
+alone = SingleProcess().total
+
+
+def with_peer(peer_sign_sum: float, peer_images: int):
+    """`total` of two workers, the other one having seen `peer_images` reals with this sign sum per adjustment."""
+    return lambda values: values + torch.tensor([peer_sign_sum, peer_images], dtype=values.dtype)
+
+
 def test_ada_raises_p_while_d_is_overconfident_on_the_reals():
     method = ada()
     for _ in range(8):
-        method.observe_real_logits(torch.ones(4, 1))
+        method.observe_real_logits(torch.ones(4, 1), alone)
     assert method.p == pytest.approx(2 * 16 / 10_000)  # two adjustments of 4 steps x 4 images, 10 kimg per unit
 
 
@@ -129,16 +137,26 @@ def test_ada_lowers_p_while_d_is_below_the_target():
     method = ada()
     method.p = 0.5
     for _ in range(8):
-        method.observe_real_logits(torch.tensor([[1.0], [1.0], [-1.0], [-1.0]]))
+        method.observe_real_logits(torch.tensor([[1.0], [1.0], [-1.0], [-1.0]]), alone)
     assert method.p == pytest.approx(0.5 - 2 * 16 / 10_000)
+
+
+@pytest.mark.parametrize("peer_sign_sum, direction", [(-16.0, -1), (16.0, 1)])
+def test_ada_adjusts_p_from_the_global_batch_of_all_workers(peer_sign_sum: float, direction: int):
+    method = ada()
+    method.p = 0.5
+    for _ in range(4):
+        # This worker's 16 reals all score positive (r_t = 1 alone); the peer's 16 decide the global r_t.
+        method.observe_real_logits(torch.ones(4, 1), with_peer(peer_sign_sum, 16))
+    assert method.p == pytest.approx(0.5 + direction * 32 / 10_000)  # 16 images here + 16 on the peer
 
 
 def test_ada_adjusts_p_once_every_interval_and_keeps_it_in_the_unit_interval():
     method = ada("baselines.ada_kimg=0.001")
     for _ in range(3):
-        method.observe_real_logits(torch.ones(4, 1))
+        method.observe_real_logits(torch.ones(4, 1), alone)
     assert method.p == 0.0
-    method.observe_real_logits(torch.ones(4, 1))
+    method.observe_real_logits(torch.ones(4, 1), alone)
     assert method.p == 1.0
 
 

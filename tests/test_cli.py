@@ -26,6 +26,9 @@ def test_adapt_on_toy_sketch_writes_checkpoints_and_correspondence_grids(tmp_pat
     adapted = load_generator(str(tmp_path / "run"))
     z = torch.randn(2, adapted.style_dim)
     assert not torch.equal(adapted(z, noise="const"), load_generator(source)(z, noise="const"))
+    exported = torch.load(tmp_path / "run" / "generator.pt", weights_only=True)
+    assert sorted(exported) == ["d", "g", "g_ema"]
+    assert torch.equal(load_generator(str(tmp_path / "run" / "generator.pt"))(z, noise="const"), adapted(z, noise="const"))
 
 
 def test_rerunning_with_more_steps_continues_from_the_latest_checkpoint(tmp_path: Path, capsys):

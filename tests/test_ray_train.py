@@ -21,12 +21,12 @@ from tiny import tiny_targets, write_target_folder, write_tiny_source
 import fsg_ray
 from fsg_ray.adapt.anchors import Latents
 from fsg_ray.adapt.loop import Adaptation, SingleProcess, init_networks
-from fsg_ray.adapt.run import RunSpec
+from fsg_ray.adapt.run import EXPORT_FILE, RunSpec
 from fsg_ray.config import load_config
 from fsg_ray.nets.checkpoints import read_checkpoint
 from fsg_ray.ray.collective import ProcessGroup
 from fsg_ray.ray.faults import FAULT_ENV
-from fsg_ray.ray.train import EXPORT_FILE, Scaling, adapt_on_ray
+from fsg_ray.ray.train import Scaling, adapt_on_ray
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(150)]
 
@@ -134,8 +134,8 @@ def assert_close(a: Any, b: Any, where: str) -> None:
 
 def test_two_workers_with_batch_b_step_like_one_worker_with_batch_2b(ray_cluster, files, tmp_path):
     # tgan: every loss is a mean over independent samples, so averaging per-worker gradients equals the
-    # full-batch gradient. CDC's softmax over pairs within a worker's batch does not decompose this way,
-    # nor does the path-length penalty, whose running mean is per worker (as in StyleGAN2-ADA): it is
+    # full-batch gradient. CDC's softmax over pairs within a worker's batch does not decompose this way.
+    # The path-length step draws its own z and projection noise, outside the fixed pools: it is
     # switched off. The step still runs D, R1 (step 0), G and EMA.
     b = 4
     overrides = ["method=tgan", f"batch={b}", "optim.path_weight=0"]
@@ -176,21 +176,23 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint_and_finishes(ray_clus
     assert resumed and int(resumed[1]) == int(resumed[2]) in (2, 4, 6)
 
 
-def test_a_rerun_with_more_steps_continues_without_rewriting_checkpoints(ray_cluster, files, tmp_path, capfd, monkeypatch):
+def test_a_rerun_with_more_steps_and_workers_continues_without_rewriting_checkpoints(ray_cluster, files, tmp_path, capfd, monkeypatch):
     # Relative paths, as typed on a command line: workers run elsewhere and must still find them.
     monkeypatch.chdir(tmp_path)
     relative = tuple(os.path.relpath(f, tmp_path) for f in files)
     run_uri = tmp_path / "runs" / "resume"
     adapt_on_ray(spec(relative, "steps=4"), "runs/resume", Scaling(workers=1))
     first = {p.parent.name: p.stat().st_mtime_ns for p in run_uri.glob("checkpoint_*/state.pt")}
-    result = adapt_on_ray(spec(relative, "steps=8"), "runs/resume", Scaling(workers=1))
+    result = adapt_on_ray(spec(relative, "steps=8"), "runs/resume", Scaling(workers=2))
 
     assert sorted(first) == ["checkpoint_000002", "checkpoint_000004"]
     assert sorted(p.name for p in run_uri.glob("checkpoint_[0-9]*")) == [f"checkpoint_{s:06d}" for s in (2, 4, 6, 8)]
     assert {name: (run_uri / name / "state.pt").stat().st_mtime_ns for name in first} == first
     assert result.metrics["step"] == 8 and read_checkpoint(str(run_uri))["step"] == 8
     assert sorted(p.name for p in (run_uri / "samples").iterdir()) == [f"step_{s:06d}.png" for s in (2, 4, 6, 8)]
-    wait_for_line(capfd, "resumed from checkpoint_000004 at step 4")
+    log = wait_for_line(capfd, "the global batch changes")
+    assert "resumed from checkpoint_000004 at step 4" in log
+    assert "checkpoint_000004 was trained on 1 workers, this run has 2" in log
 
 
 def test_checkpoints_go_to_s3_and_load_back(ray_cluster, files, s3_endpoint, s3_bucket):

@@ -34,6 +34,10 @@ class Distributed(Protocol):
 
     def mean(self, value: float) -> float: ...
 
+    def total(self, values: Tensor) -> Tensor:
+        """Elementwise sum over all workers, on the CPU."""
+        ...
+
 
 class SingleProcess:
     rank = 0
@@ -43,6 +47,9 @@ class SingleProcess:
 
     def mean(self, value: float) -> float:
         return value
+
+    def total(self, values: Tensor) -> Tensor:
+        return values
 
 
 def set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
@@ -151,7 +158,7 @@ class Adaptation:
         real = self.targets.sample(self.config.batch, self.sample_rng)
         real_logits = self._realism(real, self._patch_level())
         fake_logits = self._realism(fake, self._patch_level())
-        self.method.observe_real_logits(real_logits.detach())
+        self.method.observe_real_logits(real_logits.detach(), self.dist.total)
         loss = d_logistic_loss(real_logits, fake_logits)
         self._apply(self.d_optim, self.d_params, loss)
         return loss.item()

@@ -23,6 +23,7 @@ from fsg_ray.nets.checkpoints import (
     CHECKPOINT_FILE,
     CheckpointError,
     checkpoint_dir_name,
+    export_checkpoint,
     latest_checkpoint_dir,
     model_config,
     read_checkpoint,
@@ -30,6 +31,7 @@ from fsg_ray.nets.checkpoints import (
 )
 
 GRID_SEEDS = list(range(16))
+EXPORT_FILE = "generator.pt"
 SCHEDULE_KEYS = {"steps", "checkpoint_every", "sample_every", "keep_checkpoints"}  # change no weight
 
 
@@ -140,3 +142,10 @@ def train_until_done(run: Adaptation, spec: RunSpec, sink: RunSink, progress: bo
             sink.save_checkpoint(run.step, run.checkpoint(spec.source, spec.target), metrics)
     bar.close()
     return run
+
+
+def export_final_generator(run_uri: str) -> str:
+    """The run's latest checkpoint, also in the field's .pt format (`g`, `g_ema`, `d`) at RUN_URI/generator.pt."""
+    exported = storage.join(run_uri, EXPORT_FILE)
+    export_checkpoint(run_uri, exported)
+    return exported

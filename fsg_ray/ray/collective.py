@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 
 
 class OutOfSync(RuntimeError):
@@ -45,9 +45,12 @@ class ProcessGroup:
             p.grad.copy_(averaged.view_as(p.grad))
 
     def mean(self, value: float) -> float:
-        total = torch.tensor(value, dtype=torch.float64, device=self.device)
-        dist.all_reduce(total)
-        return total.item() / self.world_size
+        return self.total(torch.tensor([value], dtype=torch.float64)).item() / self.world_size
+
+    def total(self, values: Tensor) -> Tensor:
+        summed = values.to(self.device, copy=True)
+        dist.all_reduce(summed)
+        return summed.cpu()
 
     def _check_identical(self, params: list[nn.Parameter]) -> None:
         """Once per parameter group: every rank must start from bit-identical weights."""

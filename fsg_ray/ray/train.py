@@ -5,9 +5,10 @@ Every worker calls `run_adaptation` with a `ProcessGroup` (gradients averaged ov
 back after a worker failure or a rerun). Each rank draws its own z and real images (the loop seeds
 them by rank), so the global batch is `config.batch` per worker times the number of workers.
 Averaged gradients equal the global batch's for losses that are means over independent samples
-(adversarial, R1; tested). Two terms are per worker by design, as in StyleGAN2-ADA: CDC's softmax runs
-over pairs within one worker's `cdc.batch` z (N workers average N such estimates), and path length
-keeps a per-worker running mean. A rerun with another worker count continues with another global batch.
+(adversarial, R1; tested). CDC is per worker by design: its softmax runs over pairs within one
+worker's `cdc.batch` z (N workers average N such estimates). Shared statistics are reduced over
+workers: the path-length running mean, and ADA's r_t and image count (one p for the run). A rerun
+with another worker count continues with another global batch, and says so in the log.
 
 The run URI names the run: Ray Train's storage is its parent and the run name its last part, so
 checkpoints land at `RUN_URI/checkpoint_XXXXXX/state.pt` exactly as in a single-process run, and
@@ -31,13 +32,12 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
-from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
-from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, export_checkpoint, read_checkpoint, write_checkpoint
+from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
+from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, write_checkpoint
 from fsg_ray.ray.cluster import connect
 from fsg_ray.ray.collective import ProcessGroup
 from fsg_ray.ray.faults import FAULT_ENV, Fault, fault_hook
 
-EXPORT_FILE = "generator.pt"
 # Ray Train routes worker logging to the driver's console; a plain print would show twice there.
 log = logging.getLogger(__name__)
 # Where S3 is, not who may use it: workers on other nodes need the endpoint the driver was given.
@@ -89,6 +89,13 @@ class TrainReportSink:
         ckpt = read_checkpoint(storage.join(self.run_uri, name, CHECKPOINT_FILE))
         if self.rank == 0:
             log.info("resumed from %s at step %d", name, ckpt["step"])
+            trained_on = ckpt.get("workers", self.world_size)
+            if trained_on != self.world_size:
+                batch = ckpt["config"]["batch"]
+                log.warning(
+                    "%s was trained on %d workers, this run has %d: the global batch changes from %d to %d",
+                    name, trained_on, self.world_size, batch * trained_on, batch * self.world_size,
+                )
         return ckpt
 
     def save_checkpoint(self, step: int, ckpt: dict[str, Any], metrics: dict[str, float]) -> None:
@@ -97,7 +104,7 @@ class TrainReportSink:
         with tempfile.TemporaryDirectory() as local:
             checkpoint = None
             if self.rank == 0:
-                write_checkpoint(os.path.join(local, CHECKPOINT_FILE), ckpt)
+                write_checkpoint(os.path.join(local, CHECKPOINT_FILE), {**ckpt, "workers": self.world_size})
                 checkpoint = Checkpoint.from_directory(local)
                 losses = " ".join(f"{k}={metrics[k]:.4g}" for k in ("d", "g", "cdc") if k in metrics)
                 log.info("step %d %s %.2f s/step %.1f img/s on %d workers", step, losses, metrics["step_time_s"], metrics["global_images_per_s"], self.world_size)
@@ -162,5 +169,5 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
     spec, run_uri = dataclasses.replace(spec, **local), storage.absolute(run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     result = make_trainer(spec, run_uri, scaling).fit()
-    export_checkpoint(run_uri, storage.join(run_uri, EXPORT_FILE))
+    export_final_generator(run_uri)
     return result

@@ -13,6 +13,7 @@ image with probability p; randomness comes from torch's global RNG, which the lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -89,17 +90,22 @@ class ADA(Method):
     def augment(self, images: Tensor) -> Tensor:
         return augment(images, self.p)
 
-    def observe_real_logits(self, logits: Tensor) -> None:
-        """Every `ada_interval` D steps: p += sign(r_t - target) * images / (ada_kimg * 1000), clamped to [0, 1]."""
+    def observe_real_logits(self, logits: Tensor, total: Callable[[Tensor], Tensor]) -> None:
+        """Every `ada_interval` D steps: p += sign(r_t - target) * images / (ada_kimg * 1000), clamped to [0, 1].
+
+        r_t and the image count are of the global batch: every worker adjusts at the same step from the
+        same sums, so all workers keep one p (ADA's p is a property of the run, not of a worker).
+        """
         options = self.config.baselines
         self.sign_sum += logits.sign().flatten(1).mean(dim=1).sum().item()
         self.images += logits.shape[0]
         self.steps += 1
         if self.steps < options.ada_interval:
             return
-        r_t = self.sign_sum / self.images
+        sign_sum, images = total(torch.tensor([self.sign_sum, float(self.images)], dtype=torch.float64)).tolist()
+        r_t = sign_sum / images
         direction = (r_t > options.ada_target) - (r_t < options.ada_target)
-        self.p = min(max(self.p + direction * self.images / (options.ada_kimg * 1000), 0.0), 1.0)
+        self.p = min(max(self.p + direction * images / (options.ada_kimg * 1000), 0.0), 1.0)
         self.sign_sum, self.images, self.steps = 0.0, 0, 0
 
     def state_dict(self) -> dict[str, Any]:

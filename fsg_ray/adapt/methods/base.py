@@ -5,6 +5,7 @@ Each method is one small file that overrides only the hooks that make it that me
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,11 @@ class Method:
         """Applied to reals and fakes before D sees them."""
         return images
 
-    def observe_real_logits(self, logits: Tensor) -> None:
-        """Sees D's logits on the reals of every D step (adaptive augmentation tunes itself on them)."""
+    def observe_real_logits(self, logits: Tensor, total: Callable[[Tensor], Tensor]) -> None:
+        """Sees D's logits on the reals of every D step (adaptive augmentation tunes itself on them).
+
+        `total` sums a tensor over all workers (the identity in one process), for statistics of the global batch.
+        """
 
     def g_penalty(self, nets: Networks) -> Tensor | None:
         """An extra term of the G loss (e.g. a weight-space penalty), or None."""
