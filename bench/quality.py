@@ -33,9 +33,8 @@ from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
 from fsg_ray.config import ema_decay_for_short_run, load_config
 from fsg_ray.data import toy
-from fsg_ray.evaluate import EvalResult, EvalSettings, evaluate
+from fsg_ray.evaluate import EvalResult, EvalSettings, evaluate, load_sampler
 from fsg_ray.grids import save_png, seeded_z, to_pil
-from fsg_ray.nets.checkpoints import load_generator
 
 TARGETS = ("sketch", "painting", "sunglasses", "babies")
 SECTION = "## quality (toy benchmark)"
@@ -105,14 +104,15 @@ def adapt(source: str, target: str, method: str, steps: int, seed: int, run_dir:
 @torch.no_grad()
 def methods_grid(source: str, target: str, generators: dict[str, str]) -> torch.Tensor:
     """Rows: the source, its transform when the target is image-space, then each method; same z per column."""
-    G_s = load_generator(source)
+    G_s, _ = load_sampler(source)
     z = seeded_z(GRID_SEEDS, G_s.style_dim)
     source_images = G_s(z, noise="const").clamp(-1, 1)
     rows = [source_images]
     transform = toy.image_transform(target)
     if transform is not None:
         rows.append(transform(source_images))
-    rows += [load_generator(uri)(z, noise="const").clamp(-1, 1) for uri in generators.values()]
+    # Through `load_sampler`, as the evaluation samples them: a MineGAN row goes through its miner.
+    rows += [load_sampler(uri)[0](z, noise="const").clamp(-1, 1) for uri in generators.values()]
     return make_grid(torch.cat(rows), nrow=len(GRID_SEEDS), padding=2, pad_value=1.0)
 
 

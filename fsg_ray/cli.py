@@ -12,7 +12,7 @@ import torch
 from fsg_ray import storage
 from fsg_ray.config import ConfigError, ema_decay_for_short_run, load_config
 from fsg_ray.data.images import TargetDataError
-from fsg_ray.nets.checkpoints import CheckpointError, export_checkpoint, load_generator
+from fsg_ray.nets.checkpoints import CheckpointError, export_checkpoint
 from fsg_ray.nets.stylegan2 import ModelConfig
 
 DEMO_STEPS = 300
@@ -51,14 +51,15 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    from fsg_ray.evaluate import load_sampler
     from fsg_ray.grids import image_grid, pair_grid, parse_seeds, save_png, seeded_z
 
-    g = load_generator(args.generator)
+    g, _ = load_sampler(args.generator)
     z = seeded_z(parse_seeds(args.seeds), g.style_dim)
     with torch.no_grad():
         images = g(z, truncation=args.truncation, noise="const")
         if args.pair_with:
-            source = load_generator(args.pair_with)
+            source, _ = load_sampler(args.pair_with)
             grid = pair_grid(source(z, truncation=args.truncation, noise="const"), images, columns=args.columns)
         else:
             grid = image_grid(images, columns=args.columns)

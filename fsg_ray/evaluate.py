@@ -133,8 +133,8 @@ class MinedGenerator(nn.Module):
         return self.g(self.miner(z), truncation=truncation, noise=noise)
 
 
-def _load_generator(uri: str, device: torch.device) -> tuple[Generator | MinedGenerator, dict[str, Any]]:
-    """The EMA generator of a checkpoint; for a MineGAN run, behind its miner (evaluating G alone would show the source)."""
+def load_sampler(uri: str, device: torch.device | str = "cpu") -> tuple[Generator | MinedGenerator, dict[str, Any]]:
+    """What samples a run: the EMA generator of a checkpoint; for a MineGAN run, behind its miner (G alone would show the source)."""
     ckpt = read_checkpoint(uri)
     g = build_generator(ckpt)
     if ckpt.get("method") == "minegan":
@@ -254,10 +254,10 @@ def evaluate(
     requested, not_defined = plan_metrics(metrics, target, source_uri)
     started = time.perf_counter()
     torch_device = torch.device(device)
-    G_t, ckpt = _load_generator(generator_uri, torch_device)
+    G_t, ckpt = load_sampler(generator_uri, torch_device)
     G_s = None
     if source_uri is not None:
-        G_s, _ = _load_generator(source_uri, torch_device)
+        G_s, _ = load_sampler(source_uri, torch_device)
         if (G_s.config.size, G_s.style_dim) != (G_t.config.size, G_t.style_dim):
             raise EvalError(
                 f"source {source_uri} makes {G_s.config.size}px images from {G_s.style_dim}-d z, "

@@ -5,6 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from tiny import write_minegan_run, write_tiny_source
+from torchvision.utils import make_grid
+
+from fsg_ray.grids import seeded_z
+from fsg_ray.nets.checkpoints import load_generator
 
 _spec = importlib.util.spec_from_file_location("bench_quality", Path(__file__).parents[1] / "bench" / "quality.py")
 quality = importlib.util.module_from_spec(_spec)
@@ -28,3 +34,16 @@ def test_unknown_method_or_target_is_named():
         quality.parse_args(["--methods", "cdc,dcd"])
     with pytest.raises(SystemExit, match="unknown 'cats'"):
         quality.parse_args(["--targets", "cats"])
+
+
+def test_the_methods_grid_samples_a_minegan_run_through_its_miner(tmp_path: Path):
+    source = write_tiny_source(tmp_path / "source.pt")
+    miner = write_minegan_run(tmp_path / "minegan.pt")
+    grid = quality.methods_grid(source, "sunglasses", {"minegan": str(tmp_path / "minegan.pt")})
+    G = load_generator(source)
+    z = seeded_z(quality.GRID_SEEDS, G.style_dim)
+    with torch.no_grad():
+        rows = [G(z, noise="const"), G(miner(z), noise="const")]
+    expected = make_grid(torch.cat(rows).clamp(-1, 1), nrow=len(quality.GRID_SEEDS), padding=2, pad_value=1.0)
+    assert torch.equal(grid, expected)
+

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny import write_target_folder, write_tiny_source
+from tiny import write_minegan_run, write_target_folder, write_tiny_source
 
 from fsg_ray import load_generator
 from fsg_ray.cli import main
+from fsg_ray.grids import image_grid, seeded_z
 
 FAST = ["--set", "checkpoint_every=2", "--set", "sample_every=2", "--set", "cdc.batch=2", "--quiet"]
 
@@ -51,6 +52,16 @@ def test_adapt_reads_a_folder_of_user_images(tmp_path: Path):
     source = write_tiny_source(tmp_path / "source.pt")
     assert adapt(source, write_target_folder(tmp_path / "shots"), tmp_path / "run", 2, "--method", "tgan") == 0
     assert torch.load(tmp_path / "run" / "checkpoint_000002" / "state.pt", weights_only=True)["method"] == "tgan"
+
+
+def test_sample_of_a_minegan_run_goes_through_its_miner(tmp_path: Path):
+    miner = write_minegan_run(tmp_path / "minegan.pt")
+    assert main(["sample", "--generator", str(tmp_path / "minegan.pt"), "--seeds", "0-3", "--columns", "4", "--out", str(tmp_path / "grid.png")]) == 0
+    G = load_generator(str(tmp_path / "minegan.pt"))
+    z = seeded_z([0, 1, 2, 3], G.style_dim)
+    with torch.no_grad():
+        expected = image_grid(G(miner(z), noise="const"), columns=4)
+    assert list(Image.open(tmp_path / "grid.png").convert("RGB").getdata()) == list(expected.convert("RGB").getdata())
 
 
 def test_sample_and_export(tmp_path: Path):

@@ -8,21 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY, tiny_source, write_target_folder, write_tiny_source
+from tiny import TINY, write_minegan_run, write_target_folder, write_tiny_source
 
 from fsg_ray import storage
 from fsg_ray.cli import main
-from fsg_ray.adapt.methods.minegan import Miner
-from fsg_ray.evaluate import EvalError, EvalSettings, MinedGenerator, _load_generator, evaluate, parse_metrics
+from fsg_ray.evaluate import EvalError, EvalSettings, MinedGenerator, evaluate, load_sampler, parse_metrics
 from fsg_ray.metrics import features
-from fsg_ray.nets.checkpoints import write_checkpoint
 
 SMALL = ["--n-generated", "32", "--n-real", "32", "--n-lpips", "40"]
 SMALL_SETTINGS = EvalSettings(n_generated=32, n_real=32, n_lpips=40, n_corr=8, kid_subsets=5)
@@ -128,13 +125,9 @@ def test_missing_generator_file_is_named(tmp_path: Path, capsys):
 
 
 def test_a_minegan_run_is_evaluated_through_its_miner(tmp_path: Path):
-    miner = Miner(TINY.style_dim)
-    torch.nn.init.normal_(miner.out.weight)  # a trained miner: no longer the identity
-    ckpt = {**tiny_source(), "method": "minegan", "method_state": {"miner": miner.state_dict()}, "model": asdict(TINY)}
-    ckpt.pop("uri")
-    write_checkpoint(str(tmp_path / "minegan.pt"), ckpt)
-    G, _ = _load_generator(str(tmp_path / "minegan.pt"), torch.device("cpu"))
+    miner = write_minegan_run(tmp_path / "minegan.pt")
+    G, _ = load_sampler(str(tmp_path / "minegan.pt"), torch.device("cpu"))
     z = torch.randn(2, TINY.style_dim, generator=torch.Generator().manual_seed(0))
     assert isinstance(G, MinedGenerator)
-    assert torch.allclose(G(z), G.g(miner.eval()(z)))
+    assert torch.allclose(G(z), G.g(miner(z)))
     assert not torch.allclose(G(z), G.g(z))

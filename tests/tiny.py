@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from fsg_ray.adapt.methods.minegan import Miner
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import FORMAT, write_checkpoint
 from fsg_ray.nets.stylegan2 import Discriminator, Generator, ModelConfig
@@ -29,6 +30,16 @@ def write_tiny_source(path: Path, seed: int = 0) -> str:
     source = tiny_source(seed)
     write_checkpoint(str(path), {k: source[k] for k in ("g", "g_ema", "d")})
     return str(path)
+
+
+def write_minegan_run(path: Path) -> Miner:
+    """A MineGAN checkpoint of the tiny source whose miner is trained (no longer the identity); returns the miner."""
+    miner = Miner(TINY.style_dim)
+    torch.nn.init.normal_(miner.out.weight)
+    ckpt = {**tiny_source(), "method": "minegan", "method_state": {"miner": miner.state_dict()}}
+    ckpt.pop("uri")
+    write_checkpoint(str(path), ckpt)
+    return miner.eval()
 
 
 def write_target_folder(folder: Path, n: int = 10, size: int = 32) -> str:
