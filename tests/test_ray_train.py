@@ -39,7 +39,7 @@ ray.cloudpickle.register_pickle_by_value(tiny)
 @pytest.fixture(scope="module")
 def ray_cluster(s3_endpoint: str) -> Iterator[None]:
     """One local cluster for the module, started after the AWS variables point at the loopback S3."""
-    ray.init(num_cpus=4, object_store_memory=10**9, include_dashboard=False)
+    ray.init(address="local", num_cpus=4, object_store_memory=10**9, include_dashboard=False)
     try:
         yield
     finally:

@@ -17,5 +17,6 @@ def connect(min_cpus: float = 1) -> None:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
+    # "local" starts a new cluster: without it ray.init joins whatever `ray start` left on this machine.
     # The dashboard stays on: Ray Train's placement-group cleaner polls the State API it serves.
-    ray.init(num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(min_cpus)))
