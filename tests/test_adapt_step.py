@@ -83,6 +83,32 @@ def test_r1_equals_squared_norm_of_the_gradient_of_a_linear_critic():
     assert r1_penalty(logits, images).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
 
 
+def test_r1_on_patch_logits_averages_each_images_patches_first():
+    w = torch.randn(3 * 4 * 4)
+    images = torch.randn(5, 3, 4, 4, requires_grad=True)
+    patch_logits = (images.flatten(1) @ w).view(5, 1, 1, 1).expand(5, 1, 8, 8)  # every patch sees the same critic
+    assert r1_penalty(patch_logits, images).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_r1_step_on_a_patch_iteration_penalises_the_per_image_mean_of_the_patch_logits():
+    run = tiny_run("anchors.every=3")
+    run.step = 16  # an R1 iteration (16 % d_reg_every == 0) that is a patch iteration (16 % 3 != 0)
+    run._seed_step()
+    expected, levels = [], []
+    original = run._realism
+
+    def realism_and_reference_r1(images, level):
+        logits = original(images, level)
+        (grad,) = torch.autograd.grad(logits.flatten(1).mean(dim=1).sum(), images, retain_graph=True)
+        expected.append(grad.pow(2).flatten(1).sum(dim=1).mean().item())
+        levels.append(level)
+        return logits
+
+    run._realism = realism_and_reference_r1
+    assert run.r1_step() == pytest.approx(expected[0], rel=1e-5)
+    assert levels == [0]
+
+
 def test_r1_matches_an_autograd_reference_for_the_discriminator():
     d = Discriminator(TINY)
     images = torch.randn(4, 3, 32, 32, requires_grad=True)
