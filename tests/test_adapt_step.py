@@ -156,6 +156,17 @@ def test_lazy_adam_rescales_lr_and_betas():
     assert group["betas"] == (0.0, pytest.approx(0.99 ** (16 / 17)))
 
 
+def test_every_d_parameter_that_had_a_gradient_steps_on_every_later_d_optimizer_step():
+    run = tiny_run()
+    for _ in range(5):  # D optimizer steps: iteration 0 D + R1, iterations 1-4 D: 6
+        run.train_step()
+    steps = {id(p): int(state["step"]) for p, state in run.d_optim.state.items()}
+    heads = run.nets.heads.heads
+    assert {steps[id(p)] for p in run.nets.d.final_linear.parameters()} == {6}  # unused on patch iterations 1-3
+    assert {steps[id(p)] for p in heads[0].parameters()} == {4}  # first gradient on iteration 1, unused on anchor iteration 4
+    assert not any(id(p) in steps for p in heads[1:].parameters())  # never drawn with patch_levels=1
+
+
 def test_initialisation_copies_the_source_and_freezes_g_source():
     source = tiny_source()
     run = new_adaptation(source, tiny_targets(), load_config(None, []))

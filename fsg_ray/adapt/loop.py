@@ -143,7 +143,10 @@ class Adaptation:
         return patch_logits(self.nets.d, self.nets.heads, images, patch_level)
 
     def _apply(self, optim: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor) -> None:
-        optim.zero_grad(set_to_none=True)
+        # Zero-filled, not cleared, as torch 1.7's zero_grad did for the reference: a parameter that has
+        # once had a gradient takes an Adam step on every later step of its optimizer, also when this
+        # phase leaves it unused (D's layers after the patch map, the heads on anchor iterations).
+        optim.zero_grad(set_to_none=False)
         loss.backward()
         self.dist.sync_gradients(params)
         optim.step()
@@ -273,6 +276,9 @@ class Adaptation:
             load_state_strict(module, ckpt[key], f"{where}[{key}]")
         self.g_optim.load_state_dict(ckpt["g_optim"])
         self.d_optim.load_state_dict(ckpt["d_optim"])
+        for optim in (self.g_optim, self.d_optim):
+            for p in optim.state:  # Adam state means it has had a gradient: keep stepping it as `_apply` does
+                p.grad = torch.zeros_like(p)
         self.method.load_state_dict(ckpt["method_state"])
         self.anchors = ckpt["anchors"]
         self.mean_path_length = ckpt["mean_path_length"]
