@@ -12,7 +12,7 @@ from fsg_ray.adapt.anchors import (
 )
 from fsg_ray.adapt.loop import lazy_adam, new_adaptation
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-from fsg_ray.config import AnchorConfig, ConfigError, ema_decay_for_short_run, load_config
+from fsg_ray.config import REFERENCE_EMA_DECAY, AnchorConfig, ConfigError, ema_decay_for_short_run, load_config
 from fsg_ray.nets.stylegan2 import Discriminator
 
 
@@ -131,7 +131,7 @@ def test_ema_moves_each_weight_by_one_minus_decay_of_the_gap():
             p.add_(1.0)
     before = [p.clone() for p in run.nets.g_ema.parameters()]
     run.ema_update()
-    decay = run.config.optim.ema_decay
+    decay = run.ema_decay
     for b, p_ema, p in zip(before, run.nets.g_ema.parameters(), run.nets.g.parameters()):
         assert torch.allclose(p_ema, decay * b + (1 - decay) * p, atol=1e-6)
 
@@ -147,6 +147,32 @@ def test_short_run_ema_keeps_a_thousandth_of_the_source_after_the_run(steps: int
 def test_short_run_ema_rejects_an_empty_run():
     with pytest.raises(ConfigError, match="steps"):
         ema_decay_for_short_run(0)
+
+
+@pytest.mark.parametrize("steps", [10, 400, 3000])
+def test_default_ema_decay_gives_a_run_shorter_than_3125_steps_a_half_life_of_a_tenth_of_it(steps: int):
+    assert load_config(None, [f"steps={steps}"]).ema_decay == pytest.approx(0.5 ** (10 / steps))
+
+
+@pytest.mark.parametrize("steps", [3125, 5000, 100_000])
+def test_default_ema_decay_is_the_reference_decay_for_runs_long_enough_for_it(steps: int):
+    assert load_config(None, [f"steps={steps}"]).ema_decay == pytest.approx(REFERENCE_EMA_DECAY)
+    assert REFERENCE_EMA_DECAY == 0.5 ** (32 / 10000)
+
+
+def test_an_explicit_ema_decay_is_used_whatever_the_run_length():
+    assert load_config(None, ["steps=400", "optim.ema_decay=0.999"]).ema_decay == 0.999
+
+
+def test_an_ema_decay_outside_zero_to_one_is_rejected_naming_the_key():
+    with pytest.raises(ConfigError, match=r"optim\.ema_decay.*1\.5"):
+        load_config(None, ["optim.ema_decay=1.5"])
+
+
+def test_the_checkpoint_records_the_ema_decay_the_run_used():
+    run = tiny_run("steps=400")
+    run.train_step()
+    assert run.checkpoint("tiny", "random")["ema_decay"] == run.ema_decay == pytest.approx(0.5 ** (10 / 400))
 
 
 def test_lazy_adam_rescales_lr_and_betas():

@@ -117,6 +117,7 @@ class Adaptation:
         self.anchors = make_anchors(config.anchors, self.style_dim, anchor_rng) if self.method.uses_anchors else None
         self.step = 0
         self.mean_path_length = 0.0
+        self.ema_decay = config.ema_decay
 
     # --- sampling -------------------------------------------------------------------------------
 
@@ -216,9 +217,8 @@ class Adaptation:
 
     @torch.no_grad()
     def ema_update(self) -> None:
-        decay = self.config.optim.ema_decay
         for p_ema, p in zip(self.nets.g_ema.parameters(), self.method.ema_target(self.nets)):
-            p_ema.lerp_(p, 1.0 - decay)
+            p_ema.lerp_(p, 1.0 - self.ema_decay)
 
     def _seed_step(self) -> None:
         """Every random draw of step k is a function of (seed, k, rank): resuming needs no RNG state.
@@ -266,6 +266,7 @@ class Adaptation:
             "method_state": self.method.state_dict(),
             "anchors": self.anchors,
             "mean_path_length": self.mean_path_length,
+            "ema_decay": self.ema_decay,
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
