@@ -43,6 +43,19 @@ def test_similarity_matches_direct_softmax_of_cosines():
     assert torch.allclose(similarity_distributions(f), torch.tensor(expected, dtype=torch.float64))
 
 
+def test_similarity_gives_the_numbers_and_gradients_of_pairwise_cosine_similarity():
+    f = torch.randn(4, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    flat = f.flatten(1)
+    pairwise = torch.nn.functional.cosine_similarity(flat[:, None, :], flat[None, :, :], dim=-1)
+    expected = torch.softmax(pairwise[~torch.eye(4, dtype=torch.bool)].view(4, 3), dim=1)
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), f)
+    actual = similarity_distributions(f)
+    (actual_grad,) = torch.autograd.grad((actual * weights).sum(), f)
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=0)
+    assert torch.allclose(actual_grad, expected_grad, rtol=1e-9, atol=1e-15)
+
+
 def test_official_loss_is_kl_source_to_target_at_each_rows_layer_over_n_times_n_minus_1():
     source, target = features(0), features(1)
     layers = torch.tensor([1, 3, 1, 2])
