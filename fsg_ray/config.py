@@ -23,11 +23,16 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CdcConfig:
-    """Cross-domain distance consistency (SPEC §2)."""
+    """Cross-domain distance consistency (SPEC §2).
+
+    Both variants are averaged over their entries, so `weight` = 1000 fits either: "official" (the reference
+    code) draws one layer per row, KL(P_s||P_t) / (N (N-1)); "paper" (Eq. 2) uses all L layers,
+    KL(P_t||P_s) / (L N (N-1)). Eq. 2 as printed is a plain sum, L N (N-1) = 144 times larger at 256 px, batch 4.
+    """
 
     weight: float = 1000.0
     batch: int = 4
-    variant: str = "official"  # "official": one random layer per row, KL(P_s||P_t); "paper": all layers, KL(P_t||P_s)
+    variant: str = "official"
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,11 @@ def test_patch_heads_are_drawn_from_all_levels():
     assert levels == {0, 1, 2}
 
 
+def test_patch_levels_beyond_the_discriminators_patch_maps_are_rejected_naming_value_and_maximum():
+    with pytest.raises(ConfigError, match=r"anchors\.patch_levels: the 32px discriminator has 3 patch maps .*got 4"):
+        tiny_run("anchors.patch_levels=4")
+
+
 def test_r1_equals_squared_norm_of_the_gradient_of_a_linear_critic():
     w = torch.randn(3 * 4 * 4)
     images = torch.randn(5, 3, 4, 4, requires_grad=True)

@@ -19,7 +19,7 @@ from fsg_ray.adapt.anchors import Latents, is_anchor_iteration, make_anchors, ph
 from fsg_ray.adapt.cdc import cdc_loss_official, cdc_loss_paper, sample_layers
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from fsg_ray.adapt.methods import Method, Networks, make_method
-from fsg_ray.config import AdaptConfig, config_to_dict
+from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError, config_to_dict
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import FORMAT, build_discriminator, build_generator, load_state_strict, model_config
 from fsg_ray.nets.stylegan2 import Discriminator, PatchHeads, Synthesis, patch_logits
@@ -74,6 +74,13 @@ def init_networks(source: dict[str, Any], device: torch.device | str = "cpu") ->
     return nets
 
 
+def check_patch_levels(config: AnchorConfig, d: Discriminator) -> None:
+    """`anchors.patch_levels` may draw only among the patch maps this D has (SPEC §3: at most four)."""
+    maps = len(d.patch_map_channels())
+    if config.patch_levels > maps:
+        raise ConfigError(f"anchors.patch_levels: the {d.config.size}px discriminator has {maps} patch maps (at 32 or 16 px), got {config.patch_levels}")
+
+
 def lazy_adam(params: list[nn.Parameter], lr: float, reg_every: int) -> torch.optim.Adam:
     """Adam with lr and betas rescaled for a regulariser run every `reg_every` steps (StyleGAN2 §B)."""
     ratio = reg_every / (reg_every + 1)
@@ -103,6 +110,8 @@ class Adaptation:
         self.config = config
         self.dist = dist or SingleProcess()
         self.method = method or make_method(config)
+        if self.method.uses_anchors:
+            check_patch_levels(config.anchors, nets.d)
         self.method.setup(nets)
         self.g_params = self.method.g_parameters(nets)
         self.d_params = self.method.d_parameters(nets)
