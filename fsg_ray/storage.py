@@ -33,6 +33,10 @@ class ObjectNotFound(StorageError):
     """Nothing exists at a URI whose bucket (or local parent) does."""
 
 
+class EndpointUnreachable(StorageError):
+    """No S3 endpoint answered (none running at AWS_ENDPOINT_URL, no network, a misspelt host)."""
+
+
 def _split(uri: StrPath) -> tuple[str, str]:
     """Return (scheme, rest); scheme is "" for a plain local path."""
     text = os.fspath(uri)
@@ -73,6 +77,10 @@ def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(endpoint_override=parsed.netloc, scheme=parsed.scheme, region=region)
 
 
+def _endpoint_name() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS (no AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL set)"
+
+
 def resolve(uri: StrPath) -> tuple[pafs.FileSystem, str]:
     """Filesystem and filesystem path for a URI: an absolute local path, or "bucket/key" for S3.
 
@@ -94,24 +102,41 @@ def resolve(uri: StrPath) -> tuple[pafs.FileSystem, str]:
     return _s3_filesystem(endpoint, region), path
 
 
+@contextlib.contextmanager
+def _unreachable_as_storage_error(uri: StrPath) -> Iterator[None]:
+    """pyarrow reports an S3 endpoint that does not answer as an OSError of several lines of AWS SDK text;
+    keep one line naming the URI, the endpoint and the cause (after "... operation: ")."""
+    try:
+        yield
+    except OSError as exc:
+        text = str(exc)
+        if "NETWORK_CONNECTION" not in text:
+            raise
+        cause = " ".join(text.partition(" operation: ")[2].split()) or " ".join(text.split())
+        raise EndpointUnreachable(f"{os.fspath(uri)}: cannot reach the S3 endpoint {_endpoint_name()}: {cause}") from exc
+
+
 def _raise_if_bucket_missing(uri: StrPath, filesystem: pafs.FileSystem, path: str) -> None:
     if not isinstance(filesystem, pafs.S3FileSystem):
         return
     bucket = path.split("/", 1)[0]
-    if filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+    with _unreachable_as_storage_error(uri):
+        missing = filesystem.get_file_info(bucket).type == pafs.FileType.NotFound
+    if missing:
         raise BucketNotFound(f"S3 bucket {bucket!r} does not exist (while accessing {os.fspath(uri)})")
 
 
 @contextlib.contextmanager
 def _translated_errors(uri: StrPath, filesystem: pafs.FileSystem, path: str) -> Iterator[None]:
-    """Turn pyarrow's OSErrors into BucketNotFound / ObjectNotFound.
+    """Turn pyarrow's OSErrors into EndpointUnreachable / BucketNotFound / ObjectNotFound.
 
     pyarrow reports a missing key and a missing bucket with the same FileNotFoundError ("Path does
     not exist 'bucket/key'"), and a write to a missing bucket as a plain OSError whose text depends on
     the call. Asking S3 whether the bucket exists is the only reliable way to tell them apart.
     """
     try:
-        yield
+        with _unreachable_as_storage_error(uri):
+            yield
     except OSError as exc:
         _raise_if_bucket_missing(uri, filesystem, path)
         if isinstance(exc, FileNotFoundError):
@@ -164,17 +189,27 @@ def exists(uri: StrPath) -> bool:
     Raising there keeps a misspelt bucket from reading as "nothing saved yet, start from scratch".
     """
     filesystem, path = resolve(uri)
-    if filesystem.get_file_info(path).type != pafs.FileType.NotFound:
+    with _unreachable_as_storage_error(uri):
+        found = filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    if found:
         return True
     if "/" in path:
         _raise_if_bucket_missing(uri, filesystem, path)
     return False
 
 
+def is_dir(uri: StrPath) -> bool:
+    """Whether a local directory or a non-empty S3 prefix is at the URI."""
+    filesystem, path = resolve(uri)
+    with _unreachable_as_storage_error(uri):
+        return filesystem.get_file_info(path).type == pafs.FileType.Directory
+
+
 def list_dir(uri: StrPath) -> list[str]:
     """Sorted base names of the direct children; [] when the directory or prefix does not exist."""
     filesystem, path = resolve(uri)
-    infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    with _unreachable_as_storage_error(uri):
+        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     if not infos:
         _raise_if_bucket_missing(uri, filesystem, path)
     return sorted(info.base_name for info in infos)

@@ -109,9 +109,24 @@ def test_run_directory_loads_its_latest_checkpoint(tmp_path: Path):
     assert torch.equal(images(str(tmp_path / "run")), images(field_file(tmp_path / "late.pt", **{k: late[k] for k in ("g", "g_ema", "d")})))
 
 
+def test_checkpoint_directory_loads_that_checkpoint_not_the_runs_latest(tmp_path: Path):
+    early, late = tiny_source(seed=0), tiny_source(seed=1)
+    for step, ckpt in ((400, early), (1000, late)):
+        write_checkpoint(str(tmp_path / "run" / checkpoint_dir_name(step) / "state.pt"), ckpt)
+    early_file = field_file(tmp_path / "early.pt", **{k: early[k] for k in ("g", "g_ema", "d")})
+    assert torch.equal(images(str(tmp_path / "run" / "checkpoint_000400")), images(early_file))
+
+
+def test_s3_checkpoint_directory_loads_that_checkpoint(s3_bucket: str, tmp_path: Path):
+    run = f"s3://{s3_bucket}/runs/a"
+    write_checkpoint(storage.join(run, checkpoint_dir_name(400), "state.pt"), tiny_source(seed=0))
+    write_checkpoint(storage.join(run, checkpoint_dir_name(1000), "state.pt"), tiny_source(seed=1))
+    assert torch.equal(images(storage.join(run, "checkpoint_000400")), images(field_file(tmp_path / "early.pt")))
+
+
 def test_directory_without_checkpoints_is_an_error_naming_it(tmp_path: Path):
     (tmp_path / "run").mkdir()
-    with pytest.raises(CheckpointError, match=r"run: a directory without checkpoint_\* subdirectories"):
+    with pytest.raises(CheckpointError, match=r"run: a directory with neither state\.pt nor checkpoint_\* subdirectories"):
         load_generator(str(tmp_path / "run"))
 
 

@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -72,6 +73,31 @@ def test_sample_and_export(tmp_path: Path):
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "adapted.pt")]) == 0
     z = torch.randn(2, 16)
     assert torch.equal(load_generator(str(tmp_path / "adapted.pt"))(z, noise="const"), load_generator(str(tmp_path / "run"))(z, noise="const"))
+
+
+def test_sample_of_a_checkpoint_directory_draws_that_checkpoint(tmp_path: Path):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 4)
+    checkpoint = tmp_path / "run" / "checkpoint_000002"
+    assert main(["sample", "--generator", str(checkpoint), "--seeds", "0-3", "--columns", "4", "--out", str(tmp_path / "grid.png")]) == 0
+    G = load_generator(str(checkpoint / "state.pt"))
+    with torch.no_grad():
+        expected = image_grid(G(seeded_z([0, 1, 2, 3], G.style_dim), noise="const"), columns=4)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "grid.png").convert("RGB")), np.asarray(expected.convert("RGB")))
+    assert not torch.equal(load_generator(str(checkpoint)).state_dict()["to_rgbs.0.conv.weight"], load_generator(str(tmp_path / "run")).state_dict()["to_rgbs.0.conv.weight"])
+
+
+def test_adapt_to_an_s3_bucket_that_does_not_exist_is_one_error_line_naming_it(tmp_path: Path, capsys, s3_endpoint: str):
+    assert adapt(write_tiny_source(tmp_path / "source.pt"), "toy:sketch", "s3://missing-bucket/x", 1) == 2
+    err = capsys.readouterr().err
+    assert err == "fsg adapt: error: S3 bucket 'missing-bucket' does not exist (while accessing s3://missing-bucket/x)\n"
+
+
+def test_adapt_with_no_s3_endpoint_reachable_is_one_error_line_naming_the_uri_and_the_cause(tmp_path: Path, capsys, unreachable_s3_endpoint: str):
+    assert adapt(write_tiny_source(tmp_path / "source.pt"), "toy:sketch", "s3://missing-bucket/x", 1) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fsg adapt: error: s3://missing-bucket/x: cannot reach the S3 endpoint {unreachable_s3_endpoint}: ")
+    assert "Could not connect" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize(

@@ -153,3 +153,24 @@ def test_s3_missing_bucket_raises_bucket_not_found_naming_it(s3_endpoint, operat
 
 def test_s3_exists_on_a_missing_bucket_itself_is_false(s3_endpoint):
     assert not storage.exists("s3://no-such-bucket-fsg")
+
+
+@pytest.mark.parametrize(
+    "operation",
+    [
+        lambda uri: storage.read_bytes(uri),
+        lambda uri: storage.write_bytes(uri, b"data"),
+        lambda uri: storage.exists(uri),
+        lambda uri: storage.is_dir(uri),
+        lambda uri: storage.list_dir(uri),
+        lambda uri: storage.delete(uri),
+        lambda uri: storage.makedirs(uri),
+    ],
+    ids=["read_bytes", "write_bytes", "exists", "is_dir", "list_dir", "delete", "makedirs"],
+)
+def test_an_unreachable_s3_endpoint_is_one_line_naming_the_uri_the_endpoint_and_the_cause(unreachable_s3_endpoint, operation):
+    with pytest.raises(storage.EndpointUnreachable) as raised:
+        operation("s3://some-bucket/some/key")
+    message = str(raised.value)
+    assert message.startswith(f"s3://some-bucket/some/key: cannot reach the S3 endpoint {unreachable_s3_endpoint}: ")
+    assert "connect" in message.lower() and "\n" not in message

@@ -114,8 +114,8 @@ def run_adaptation(
     device: torch.device | str = "cpu",
 ) -> Adaptation:
     """Train from the sink's latest checkpoint (or `resume_from`, or the start) to `config.steps`."""
+    ckpt = read_checkpoint(spec.resume_from) if spec.resume_from else sink.latest_checkpoint()  # first: an unusable sink fails fast
     run = prepare(spec, dist, device)
-    ckpt = read_checkpoint(spec.resume_from) if spec.resume_from else sink.latest_checkpoint()
     if ckpt is not None:
         check_resumable(ckpt, spec.config, ckpt["uri"])
         run.restore(ckpt)

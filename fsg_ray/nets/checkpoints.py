@@ -15,7 +15,6 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import torch
 from torch import Tensor, nn
 
@@ -43,17 +42,19 @@ def checkpoint_dir_name(step: int) -> str:
 
 
 def resolve_checkpoint_uri(uri: str) -> str:
-    """A checkpoint file, a run directory (its latest checkpoint) or a shipped model name -> a file URI."""
+    """A checkpoint file, a checkpoint directory (`RUN/checkpoint_000400`), a run directory (its latest
+    checkpoint) or a shipped model name -> a file URI."""
     if uri in SHIPPED_MODELS:
         return str(SHIPPED_MODELS[uri])
     if uri.startswith("toy:"):
         raise CheckpointError(f"{uri}: no such shipped model; shipped: {', '.join(SHIPPED_MODELS)}")
-    fs, path = storage.resolve(uri)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
+    if not storage.is_dir(uri):
         return uri
+    if CHECKPOINT_FILE in storage.list_dir(uri):
+        return storage.join(uri, CHECKPOINT_FILE)
     latest = latest_checkpoint_dir(uri)
     if latest is None:
-        raise CheckpointError(f"{uri}: a directory without checkpoint_* subdirectories")
+        raise CheckpointError(f"{uri}: a directory with neither {CHECKPOINT_FILE} nor checkpoint_* subdirectories")
     return storage.join(uri, latest, CHECKPOINT_FILE)
 
 
