@@ -86,22 +86,36 @@ class BaselineConfig:
     freeze_d_blocks: int = 4  # freezed: D residual blocks frozen after FromRGB (FreezeD's StyleGAN setting: down to 16 px at 256 px)
     ewc_weight: float = 5e8  # ewc: lambda of the penalty (see docs/methods.md on this value)
     ewc_samples: int = 256  # ewc: generated images whose log-likelihood gradients estimate the Fisher information
-    ada_target: float = 0.6  # ada: target of E[sign(D(real))]
-    ada_interval: int = 4  # ada: D steps between adjustments of p
-    ada_kimg: float = 10.0  # ada: thousands of images for p to move by 1 (ADA uses 500 for runs a thousand times longer)
 
     def __post_init__(self) -> None:
         if self.freeze_d_blocks < 0:
             raise ConfigError(f"baselines.freeze_d_blocks: expected a non-negative integer, got {self.freeze_d_blocks}")
-        for key, value in {"ewc_samples": self.ewc_samples, "ada_interval": self.ada_interval}.items():
-            if value < 1:
-                raise ConfigError(f"baselines.{key}: expected a positive integer, got {value}")
+        if self.ewc_samples < 1:
+            raise ConfigError(f"baselines.ewc_samples: expected a positive integer, got {self.ewc_samples}")
         if self.ewc_weight < 0:
             raise ConfigError(f"baselines.ewc_weight: expected a non-negative weight, got {self.ewc_weight}")
-        if not 0.0 <= self.ada_target <= 1.0:
-            raise ConfigError(f"baselines.ada_target: expected a value in [0, 1], got {self.ada_target}")
-        if self.ada_kimg <= 0:
-            raise ConfigError(f"baselines.ada_kimg: expected a positive number, got {self.ada_kimg}")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Adaptive differentiable augmentation of everything D sees (ADA, Karras et al. 2020), for any method.
+
+    Off by default (SPEC §3: x-flips of the few shots only); the reference's own run script also trains CDC
+    with it on (`--augment`). The `ada` baseline (TGAN + ADA) augments whatever `enabled` says.
+    """
+
+    enabled: bool = False
+    target: float = 0.6  # target of E[sign(D(real))]
+    interval: int = 4  # D steps between adjustments of p
+    kimg: float = 10.0  # thousands of images for p to move by 1 (ADA uses 500 for runs a thousand times longer)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.target <= 1.0:
+            raise ConfigError(f"augment.target: expected a value in [0, 1], got {self.target}")
+        if self.interval < 1:
+            raise ConfigError(f"augment.interval: expected a positive integer, got {self.interval}")
+        if self.kimg <= 0:
+            raise ConfigError(f"augment.kimg: expected a positive number, got {self.kimg}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +131,7 @@ class AdaptConfig:
     anchors: AnchorConfig = field(default_factory=AnchorConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch": self.batch, "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every}

@@ -7,16 +7,15 @@ import pytest
 import torch
 from tiny import TINY, tiny_source, tiny_targets
 
-from fsg_ray.adapt.loop import Adaptation, SingleProcess, new_adaptation
+from fsg_ray.adapt.loop import Adaptation, new_adaptation
 from fsg_ray.adapt.methods import METHODS, ewc
-from fsg_ray.adapt.methods.ada import ADA, augment
 from fsg_ray.adapt.methods.bsa import folded_state
 from fsg_ray.adapt.methods.minegan import load_miner
 from fsg_ray.config import ConfigError, load_config
 from fsg_ray.nets.checkpoints import build_generator
 from fsg_ray.nets.stylegan2 import Generator
 
-SMALL = {"freezed": ["baselines.freeze_d_blocks=2"], "ewc": ["baselines.ewc_samples=8"], "ada": ["baselines.ada_interval=1", "baselines.ada_kimg=0.1"]}
+SMALL = {"freezed": ["baselines.freeze_d_blocks=2"], "ewc": ["baselines.ewc_samples=8"], "ada": ["augment.interval=1", "augment.kimg=0.1"]}
 
 
 def tiny_run(method: str, *overrides: str) -> Adaptation:
@@ -114,79 +113,15 @@ def test_ewc_fisher_estimate_leaves_the_source_generator_frozen():
 # --- ADA -----------------------------------------------------------------------------------------
 
 
-def ada(*overrides: str) -> ADA:
-    return ADA(load_config(None, ["method=ada", *overrides]))
-
-
-alone = SingleProcess().total
-
-
-def with_peer(peer_sign_sum: float, peer_images: int):
-    """`total` of two workers, the other one having seen `peer_images` reals with this sign sum per adjustment."""
-    return lambda values: values + torch.tensor([peer_sign_sum, peer_images], dtype=values.dtype)
-
-
-def test_ada_raises_p_while_d_is_overconfident_on_the_reals():
-    method = ada()
-    for _ in range(8):
-        method.observe_real_logits(torch.ones(4, 1), alone)
-    assert method.p == pytest.approx(2 * 16 / 10_000)  # two adjustments of 4 steps x 4 images, 10 kimg per unit
-
-
-def test_ada_lowers_p_while_d_is_below_the_target():
-    method = ada()
-    method.p = 0.5
-    for _ in range(8):
-        method.observe_real_logits(torch.tensor([[1.0], [1.0], [-1.0], [-1.0]]), alone)
-    assert method.p == pytest.approx(0.5 - 2 * 16 / 10_000)
-
-
-@pytest.mark.parametrize("peer_sign_sum, direction", [(-16.0, -1), (16.0, 1)])
-def test_ada_adjusts_p_from_the_global_batch_of_all_workers(peer_sign_sum: float, direction: int):
-    method = ada()
-    method.p = 0.5
-    for _ in range(4):
-        # This worker's 16 reals all score positive (r_t = 1 alone); the peer's 16 decide the global r_t.
-        method.observe_real_logits(torch.ones(4, 1), with_peer(peer_sign_sum, 16))
-    assert method.p == pytest.approx(0.5 + direction * 32 / 10_000)  # 16 images here + 16 on the peer
-
-
-def test_ada_adjusts_p_once_every_interval_and_keeps_it_in_the_unit_interval():
-    method = ada("baselines.ada_kimg=0.001")
-    for _ in range(3):
-        method.observe_real_logits(torch.ones(4, 1), alone)
-    assert method.p == 0.0
-    method.observe_real_logits(torch.ones(4, 1), alone)
-    assert method.p == 1.0
-
-
-def test_ada_augmentation_is_the_identity_at_p_zero():
-    x = torch.randn(4, 3, 32, 32)
-    assert torch.equal(augment(x, 0.0), x)
-
-
-def test_ada_augmentation_changes_images_and_is_differentiable():
-    x = torch.randn(4, 3, 32, 32, requires_grad=True)
-    torch.manual_seed(0)
-    y = augment(x, 1.0)
-    y.square().sum().backward()
-    assert not torch.equal(y, x)
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-
-
-def test_ada_augments_every_image_the_discriminator_sees():
+def test_ada_augments_without_augment_enabled():
     run = tiny_run("ada")
-    seen = []
-    original = run.method.augment
-    run.method.augment = lambda images: seen.append(images.shape[0]) or original(images)
-    run.train_step()  # step 0: D on reals and fakes, R1 on reals, G on fakes
-    assert seen == [4, 4, 4, 4]
+    assert not run.config.augment.enabled and run.augment is not None
 
 
 def test_ada_resume_continues_the_augmentation_strength():
-    def started(method_p: float) -> Adaptation:
+    def started(p: float) -> Adaptation:
         run = tiny_run("ada")
-        run.method.p = method_p
+        run.augment.p = p
         return run
 
     straight = train(started(0.5), 4)
@@ -194,7 +129,7 @@ def test_ada_resume_continues_the_augmentation_strength():
     resumed = started(0.0)
     resumed.restore(ckpt)
     train(resumed, 2)
-    assert resumed.method.p == straight.method.p != 0.5
+    assert resumed.augment.p == straight.augment.p != 0.5
     assert_same(clone(straight.nets.g.state_dict()), clone(resumed.nets.g.state_dict()))
 
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from fsg_ray.adapt.anchors import Latents, is_anchor_iteration, make_anchors, phase_latents
+from fsg_ray.adapt.augment import AdaptiveAugment
 from fsg_ray.adapt.cdc import cdc_loss_official, cdc_loss_paper, sample_layers
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from fsg_ray.adapt.methods import Method, Networks, make_method
@@ -113,6 +114,7 @@ class Adaptation:
         if self.method.uses_anchors:
             check_patch_levels(config.anchors, nets.d)
         self.method.setup(nets)
+        self.augment = AdaptiveAugment(config.augment) if config.augment.enabled or self.method.augments else None
         self.g_params = self.method.g_parameters(nets)
         self.d_params = self.method.d_parameters(nets)
         opt = config.optim
@@ -147,7 +149,8 @@ class Adaptation:
         return int(torch.randint(0, self.config.anchors.patch_levels, (), generator=self.schedule_rng))
 
     def _realism(self, images: Tensor, patch_level: int | None) -> Tensor:
-        images = self.method.augment(images)
+        if self.augment is not None:
+            images = self.augment(images)
         if patch_level is None:
             return self.nets.d(images)
         return patch_logits(self.nets.d, self.nets.heads, images, patch_level)
@@ -171,7 +174,8 @@ class Adaptation:
         real = self.targets.sample(self.config.batch, self.sample_rng)
         real_logits = self._realism(real, self._patch_level())
         fake_logits = self._realism(fake, self._patch_level())
-        self.method.observe_real_logits(real_logits.detach(), self.dist.total)
+        if self.augment is not None:
+            self.augment.observe_real_logits(real_logits.detach(), self.dist.total)
         loss = d_logistic_loss(real_logits, fake_logits)
         self._apply(self.d_optim, self.d_params, loss)
         return loss.item()
@@ -273,6 +277,7 @@ class Adaptation:
             "g_optim": self.g_optim.state_dict(),
             "d_optim": self.d_optim.state_dict(),
             "method_state": self.method.state_dict(),
+            "augment": None if self.augment is None else self.augment.state_dict(),
             "anchors": self.anchors,
             "mean_path_length": self.mean_path_length,
             "ema_decay": self.ema_decay,
@@ -290,6 +295,8 @@ class Adaptation:
             for p in optim.state:  # Adam state means it has had a gradient: keep stepping it as `_apply` does
                 p.grad = torch.zeros_like(p)
         self.method.load_state_dict(ckpt["method_state"])
+        if self.augment is not None:
+            self.augment.load_state_dict(ckpt["augment"])
         self.anchors = ckpt["anchors"]
         self.mean_path_length = ckpt["mean_path_length"]
         self.step = ckpt["step"]

@@ -5,7 +5,6 @@ Each method is one small file that overrides only the hooks that make it that me
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ class Method:
     uses_cdc = False
     uses_anchors = False
     uses_path_length = True  # False where G's own weights are frozen: the regulariser has nothing to shape
+    augments = False  # True: D always sees adaptively augmented images, whatever `augment.enabled` says (ada)
 
     def __init__(self, config: AdaptConfig):
         self.config = config
@@ -47,16 +47,6 @@ class Method:
     def map_z(self, z: list[Tensor]) -> list[Tensor]:
         """Transforms the z of the D, G and path-length phases before G's mapping network (MineGAN mines them)."""
         return z
-
-    def augment(self, images: Tensor) -> Tensor:
-        """Applied to reals and fakes before D sees them."""
-        return images
-
-    def observe_real_logits(self, logits: Tensor, total: Callable[[Tensor], Tensor]) -> None:
-        """Sees D's logits on the reals of every D step (adaptive augmentation tunes itself on them).
-
-        `total` sums a tensor over all workers (the identity in one process), for statistics of the global batch.
-        """
 
     def g_penalty(self, nets: Networks) -> Tensor | None:
         """An extra term of the G loss (e.g. a weight-space penalty), or None."""
