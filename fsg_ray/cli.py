@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from fsg_ray import storage
-from fsg_ray.config import ConfigError, ema_decay_for_short_run, load_config
+from fsg_ray.config import ConfigError, load_config
 from fsg_ray.data.images import TargetDataError
 from fsg_ray.nets.checkpoints import CheckpointError, export_checkpoint
 from fsg_ray.nets.stylegan2 import ModelConfig
@@ -86,8 +86,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from fsg_ray.adapt.run import RunSpec
 
     out = args.out
-    ema_decay = ema_decay_for_short_run(args.steps)
-    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50", f"optim.ema_decay={ema_decay}"])
+    config = load_config(None, [f"steps={args.steps}", "checkpoint_every=100", "sample_every=50"])
     started = time.perf_counter()
     spec = RunSpec(source="toy:faces", target="toy:sketch", config=config)
     _train(spec, args)

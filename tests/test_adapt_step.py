@@ -12,7 +12,7 @@ from fsg_ray.adapt.anchors import (
 )
 from fsg_ray.adapt.loop import lazy_adam, new_adaptation
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, r1_penalty
-from fsg_ray.config import AnchorConfig, ConfigError, ema_decay_for_short_run, load_config
+from fsg_ray.config import REFERENCE_EMA_DECAY, AnchorConfig, ConfigError, ema_decay_for_short_run, load_config
 from fsg_ray.nets.stylegan2 import Discriminator
 
 
@@ -76,11 +76,42 @@ def test_patch_heads_are_drawn_from_all_levels():
     assert levels == {0, 1, 2}
 
 
+def test_patch_levels_beyond_the_discriminators_patch_maps_are_rejected_naming_value_and_maximum():
+    with pytest.raises(ConfigError, match=r"anchors\.patch_levels: the 32px discriminator has 3 patch maps .*got 4"):
+        tiny_run("anchors.patch_levels=4")
+
+
 def test_r1_equals_squared_norm_of_the_gradient_of_a_linear_critic():
     w = torch.randn(3 * 4 * 4)
     images = torch.randn(5, 3, 4, 4, requires_grad=True)
     logits = images.flatten(1) @ w
     assert r1_penalty(logits, images).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_r1_on_patch_logits_averages_each_images_patches_first():
+    w = torch.randn(3 * 4 * 4)
+    images = torch.randn(5, 3, 4, 4, requires_grad=True)
+    patch_logits = (images.flatten(1) @ w).view(5, 1, 1, 1).expand(5, 1, 8, 8)  # every patch sees the same critic
+    assert r1_penalty(patch_logits, images).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_r1_step_on_a_patch_iteration_penalises_the_per_image_mean_of_the_patch_logits():
+    run = tiny_run("anchors.every=3")
+    run.step = 16  # an R1 iteration (16 % d_reg_every == 0) that is a patch iteration (16 % 3 != 0)
+    run._seed_step()
+    expected, levels = [], []
+    original = run._realism
+
+    def realism_and_reference_r1(images, level):
+        logits = original(images, level)
+        (grad,) = torch.autograd.grad(logits.flatten(1).mean(dim=1).sum(), images, retain_graph=True)
+        expected.append(grad.pow(2).flatten(1).sum(dim=1).mean().item())
+        levels.append(level)
+        return logits
+
+    run._realism = realism_and_reference_r1
+    assert run.r1_step() == pytest.approx(expected[0], rel=1e-5)
+    assert levels == [0]
 
 
 def test_r1_matches_an_autograd_reference_for_the_discriminator():
@@ -105,7 +136,7 @@ def test_ema_moves_each_weight_by_one_minus_decay_of_the_gap():
             p.add_(1.0)
     before = [p.clone() for p in run.nets.g_ema.parameters()]
     run.ema_update()
-    decay = run.config.optim.ema_decay
+    decay = run.ema_decay
     for b, p_ema, p in zip(before, run.nets.g_ema.parameters(), run.nets.g.parameters()):
         assert torch.allclose(p_ema, decay * b + (1 - decay) * p, atol=1e-6)
 
@@ -123,11 +154,48 @@ def test_short_run_ema_rejects_an_empty_run():
         ema_decay_for_short_run(0)
 
 
+@pytest.mark.parametrize("steps", [10, 400, 3000])
+def test_default_ema_decay_gives_a_run_shorter_than_3125_steps_a_half_life_of_a_tenth_of_it(steps: int):
+    assert load_config(None, [f"steps={steps}"]).ema_decay == pytest.approx(0.5 ** (10 / steps))
+
+
+@pytest.mark.parametrize("steps", [3125, 5000, 100_000])
+def test_default_ema_decay_is_the_reference_decay_for_runs_long_enough_for_it(steps: int):
+    assert load_config(None, [f"steps={steps}"]).ema_decay == pytest.approx(REFERENCE_EMA_DECAY)
+    assert REFERENCE_EMA_DECAY == 0.5 ** (32 / 10000)
+
+
+def test_an_explicit_ema_decay_is_used_whatever_the_run_length():
+    assert load_config(None, ["steps=400", "optim.ema_decay=0.999"]).ema_decay == 0.999
+
+
+def test_an_ema_decay_outside_zero_to_one_is_rejected_naming_the_key():
+    with pytest.raises(ConfigError, match=r"optim\.ema_decay.*1\.5"):
+        load_config(None, ["optim.ema_decay=1.5"])
+
+
+def test_the_checkpoint_records_the_ema_decay_the_run_used():
+    run = tiny_run("steps=400")
+    run.train_step()
+    assert run.checkpoint("tiny", "random")["ema_decay"] == run.ema_decay == pytest.approx(0.5 ** (10 / 400))
+
+
 def test_lazy_adam_rescales_lr_and_betas():
     opt = lazy_adam([torch.nn.Parameter(torch.zeros(1))], 0.002, 16)
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(0.002 * 16 / 17)
     assert group["betas"] == (0.0, pytest.approx(0.99 ** (16 / 17)))
+
+
+def test_every_d_parameter_that_had_a_gradient_steps_on_every_later_d_optimizer_step():
+    run = tiny_run()
+    for _ in range(5):  # D optimizer steps: iteration 0 D + R1, iterations 1-4 D: 6
+        run.train_step()
+    steps = {id(p): int(state["step"]) for p, state in run.d_optim.state.items()}
+    heads = run.nets.heads.heads
+    assert {steps[id(p)] for p in run.nets.d.final_linear.parameters()} == {6}  # unused on patch iterations 1-3
+    assert {steps[id(p)] for p in heads[0].parameters()} == {4}  # first gradient on iteration 1, unused on anchor iteration 4
+    assert not any(id(p) in steps for p in heads[1:].parameters())  # never drawn with patch_levels=1
 
 
 def test_initialisation_copies_the_source_and_freezes_g_source():

@@ -43,6 +43,19 @@ def test_similarity_matches_direct_softmax_of_cosines():
     assert torch.allclose(similarity_distributions(f), torch.tensor(expected, dtype=torch.float64))
 
 
+def test_similarity_gives_the_numbers_and_gradients_of_pairwise_cosine_similarity():
+    f = torch.randn(4, 8, 5, 5, dtype=torch.float64, requires_grad=True)
+    flat = f.flatten(1)
+    pairwise = torch.nn.functional.cosine_similarity(flat[:, None, :], flat[None, :, :], dim=-1)
+    expected = torch.softmax(pairwise[~torch.eye(4, dtype=torch.bool)].view(4, 3), dim=1)
+    weights = torch.randn(4, 3, dtype=torch.float64)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), f)
+    actual = similarity_distributions(f)
+    (actual_grad,) = torch.autograd.grad((actual * weights).sum(), f)
+    assert torch.allclose(actual, expected, rtol=1e-12, atol=0)
+    assert torch.allclose(actual_grad, expected_grad, rtol=1e-9, atol=1e-15)
+
+
 def test_official_loss_is_kl_source_to_target_at_each_rows_layer_over_n_times_n_minus_1():
     source, target = features(0), features(1)
     layers = torch.tensor([1, 3, 1, 2])
@@ -55,14 +68,22 @@ def test_official_loss_is_kl_source_to_target_at_each_rows_layer_over_n_times_n_
     assert cdc_loss_official(source, target, layers).item() == pytest.approx(expected, rel=1e-9)
 
 
-def test_paper_loss_sums_kl_target_to_source_over_layers_and_rows():
+def test_paper_loss_averages_kl_target_to_source_over_layers_rows_and_pairs():
     source, target = features(2), features(3)
     expected = 0.0
     for layer in (1, 2, 3):
         ps_rows = direct_rows(source[layer].flatten(1).tolist())
         pt_rows = direct_rows(target[layer].flatten(1).tolist())
         expected += sum(kl(pt, ps) for ps, pt in zip(ps_rows, pt_rows))
+    expected /= 3 * 4 * 3  # L layers x N rows x (N - 1) entries per row
     assert cdc_loss_paper(source, target, [1, 2, 3]).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_paper_loss_is_on_the_official_scale_when_the_kl_is_symmetric():
+    source, target = features(7), features(7)
+    target[2] = 3.0 * target[2].flip(0)  # samples reversed (an involution): summed over rows, both KL directions agree
+    official = torch.stack([cdc_loss_official(source, target, torch.full((4,), layer)) for layer in (1, 2, 3)]).mean()
+    assert cdc_loss_paper(source, target, [1, 2, 3]).item() == pytest.approx(official.item(), rel=1e-9)
 
 
 def test_loss_is_zero_when_target_keeps_the_source_distances():

@@ -19,7 +19,7 @@ from fsg_ray.adapt.anchors import Latents, is_anchor_iteration, make_anchors, ph
 from fsg_ray.adapt.cdc import cdc_loss_official, cdc_loss_paper, sample_layers
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from fsg_ray.adapt.methods import Method, Networks, make_method
-from fsg_ray.config import AdaptConfig, config_to_dict
+from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError, config_to_dict
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import FORMAT, build_discriminator, build_generator, load_state_strict, model_config
 from fsg_ray.nets.stylegan2 import Discriminator, PatchHeads, Synthesis, patch_logits
@@ -74,6 +74,13 @@ def init_networks(source: dict[str, Any], device: torch.device | str = "cpu") ->
     return nets
 
 
+def check_patch_levels(config: AnchorConfig, d: Discriminator) -> None:
+    """`anchors.patch_levels` may draw only among the patch maps this D has (SPEC §3: at most four)."""
+    maps = len(d.patch_map_channels())
+    if config.patch_levels > maps:
+        raise ConfigError(f"anchors.patch_levels: the {d.config.size}px discriminator has {maps} patch maps (at 32 or 16 px), got {config.patch_levels}")
+
+
 def lazy_adam(params: list[nn.Parameter], lr: float, reg_every: int) -> torch.optim.Adam:
     """Adam with lr and betas rescaled for a regulariser run every `reg_every` steps (StyleGAN2 §B)."""
     ratio = reg_every / (reg_every + 1)
@@ -103,6 +110,8 @@ class Adaptation:
         self.config = config
         self.dist = dist or SingleProcess()
         self.method = method or make_method(config)
+        if self.method.uses_anchors:
+            check_patch_levels(config.anchors, nets.d)
         self.method.setup(nets)
         self.g_params = self.method.g_parameters(nets)
         self.d_params = self.method.d_parameters(nets)
@@ -117,6 +126,7 @@ class Adaptation:
         self.anchors = make_anchors(config.anchors, self.style_dim, anchor_rng) if self.method.uses_anchors else None
         self.step = 0
         self.mean_path_length = 0.0
+        self.ema_decay = config.ema_decay
 
     # --- sampling -------------------------------------------------------------------------------
 
@@ -143,7 +153,10 @@ class Adaptation:
         return patch_logits(self.nets.d, self.nets.heads, images, patch_level)
 
     def _apply(self, optim: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor) -> None:
-        optim.zero_grad(set_to_none=True)
+        # Zero-filled, not cleared, as torch 1.7's zero_grad did for the reference: a parameter that has
+        # once had a gradient takes an Adam step on every later step of its optimizer, also when this
+        # phase leaves it unused (D's layers after the patch map, the heads on anchor iterations).
+        optim.zero_grad(set_to_none=False)
         loss.backward()
         self.dist.sync_gradients(params)
         optim.step()
@@ -213,9 +226,8 @@ class Adaptation:
 
     @torch.no_grad()
     def ema_update(self) -> None:
-        decay = self.config.optim.ema_decay
         for p_ema, p in zip(self.nets.g_ema.parameters(), self.method.ema_target(self.nets)):
-            p_ema.lerp_(p, 1.0 - decay)
+            p_ema.lerp_(p, 1.0 - self.ema_decay)
 
     def _seed_step(self) -> None:
         """Every random draw of step k is a function of (seed, k, rank): resuming needs no RNG state.
@@ -263,6 +275,7 @@ class Adaptation:
             "method_state": self.method.state_dict(),
             "anchors": self.anchors,
             "mean_path_length": self.mean_path_length,
+            "ema_decay": self.ema_decay,
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -273,6 +286,9 @@ class Adaptation:
             load_state_strict(module, ckpt[key], f"{where}[{key}]")
         self.g_optim.load_state_dict(ckpt["g_optim"])
         self.d_optim.load_state_dict(ckpt["d_optim"])
+        for optim in (self.g_optim, self.d_optim):
+            for p in optim.state:  # Adam state means it has had a gradient: keep stepping it as `_apply` does
+                p.grad = torch.zeros_like(p)
         self.method.load_state_dict(ckpt["method_state"])
         self.anchors = ckpt["anchors"]
         self.mean_path_length = ckpt["mean_path_length"]

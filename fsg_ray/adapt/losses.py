@@ -19,8 +19,13 @@ def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
 
 
 def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
-    """Squared gradient norm of D at the reals, mean over the batch (gamma/2 is applied by the caller)."""
-    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    """Squared gradient norm of D at the reals, mean over the batch (gamma/2 is applied by the caller).
+
+    Patch logits [B, 1, h, w] are averaged per image first, as the reference does: R1 is then taken on
+    one number per image, whichever D mode produced it (summing would scale it by (h*w)^2).
+    """
+    per_image = real_logits.reshape(real_logits.shape[0], -1).mean(dim=1)
+    (grad,) = torch.autograd.grad(per_image.sum(), real_images, create_graph=True)
     return grad.pow(2).flatten(1).sum(dim=1).mean()
 
 

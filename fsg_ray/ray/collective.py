@@ -33,8 +33,8 @@ class ProcessGroup:
         if key not in self._checked:
             self._check_identical(params)
             self._checked.add(key)
-        # Parameters a phase did not touch have no gradient on any rank (the phase schedule is shared),
-        # and Adam must keep skipping them, so they are left out rather than zero-filled.
+        # Parameters that have never had a gradient have none on any rank (the phase schedule is shared),
+        # and Adam must keep skipping them until their first one, so they are left out.
         with_grad = [p for p in params if p.grad is not None]
         if not with_grad or self.world_size == 1:
             return
