@@ -126,14 +126,22 @@ def real_features_path(out: str, target: str, settings: EvalSettings) -> Path:
 
 
 def cache_real_features(args: argparse.Namespace, targets: list[str]) -> None:
-    """Each target's held-out images through the FID features once, for every run of that target."""
+    """Each target's held-out images through the FID features once, for every run of that target.
+
+    One process and one thread per target, `--workers` at a time: on a loaded machine two threads of
+    one forward pass wait for each other, two processes do not.
+    """
+    missing = [t for t in targets if not real_features_path(args.out, t, settings_of(args)).exists()]
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_save_real_features, missing, [args] * len(missing)))
+
+
+def _save_real_features(target: str, args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
     settings = settings_of(args)
-    size = load_sampler(args.source)[0].config.size
-    for target in targets:
-        path = real_features_path(args.out, target, settings)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.save(path, target_features(f"toy:{target}", size, settings))
+    path = real_features_path(args.out, target, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, target_features(f"toy:{target}", load_sampler(args.source)[0].config.size, settings))
 
 
 @torch.no_grad()
@@ -308,11 +316,13 @@ def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ("python bench/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
-    jobs = [(target, method, args.steps) for target in args.targets for method in [None, *args.methods]]
+    # Sources first, then one method on every target at a time: a --time-limit drops whole methods, not targets.
+    jobs = [(target, None, args.steps) for target in args.targets]
+    jobs += [(target, method, args.steps) for method in args.methods for target in args.targets]
     started = time.perf_counter()
-    torch.set_num_threads(args.workers)
     cache_real_features(args, args.targets)
     rows, not_run = run_jobs(jobs, args)
+    rows.sort(key=lambda row: (args.targets.index(row.target), row.method != SOURCE_ROW))
     torch.set_num_threads(1)
     for target in sorted({row.target for row in rows}, key=args.targets.index):
         generators = {row.method: str(run_dir(args.out, target, row.method, args.steps)) for row in rows if row.target == target and row.method != SOURCE_ROW}

@@ -70,9 +70,9 @@ def extractor_notice(result: EvalResult) -> str:
     if result.offline:
         names = ", ".join(result.offline)
         return (
-            f"Offline feature extractors were used ({names}): the pretrained weights were not on this machine. "
+            f"Offline feature extractors were used ({names}), as asked (--features offline). "
             "Metrics computed with them carry the suffix _offline and are comparable only with numbers from the same extractor, "
-            "never with published FID/KID/LPIPS values."
+            "never with published FID/KID values."
         )
     used = ", ".join(f"{what}: {name}" for what, name in result.extractors.items()) or "none"
     return f"Pretrained extractors were used ({used}); no offline extractor."
