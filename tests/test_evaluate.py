@@ -18,7 +18,7 @@ from PIL import Image
 from tiny import TINY, tiny_source, write_minegan_run, write_target_folder, write_tiny_source
 
 from fsg_ray import storage
-from fsg_ray.adapt.run import correspondence_grid, prepare
+from fsg_ray.adapt.run import RunSpec, correspondence_grid, prepare
 from fsg_ray.cli import main
 from fsg_ray.config import load_config
 from fsg_ray.evaluate import EvalError, EvalSettings, MinedGenerator, evaluate, load_sampler, parse_metrics, target_features
@@ -172,33 +172,38 @@ def test_a_minegan_run_is_evaluated_through_its_miner(tmp_path: Path):
     assert not torch.allclose(G(z), G.g(z))
 
 
-@pytest.fixture(scope="module")
-def source_with_other_noise_in_g_ema(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A source as rosinality's code writes it: `g` and `g_ema` with the same weights, different noise maps."""
+def source_with_other_noise_in_g_ema() -> dict:
+    """A source as rosinality's code writes it: `g` and `g_ema` with the same weights, different noise maps.
+
+    The noise strengths are set to 1: a fresh generator's are 0, and then its noise maps change nothing.
+    """
     ckpt = tiny_source()
-    ckpt["g_ema"] = {k: torch.randn_like(v) if k.startswith("noises.") else v for k, v in ckpt["g_ema"].items()}
+    g = {k: torch.ones_like(v) if k.endswith("noise.weight") else v for k, v in ckpt["g"].items()}
+    g_ema = {k: torch.randn_like(v) if k.startswith("noises.") else v for k, v in g.items()}
+    return {**ckpt, "g": g, "g_ema": g_ema}
+
+
+@pytest.fixture(scope="module")
+def noisy_source(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("noisy") / "source.pt"
-    write_checkpoint(str(path), {k: ckpt[k] for k in ("g", "g_ema", "d")})
+    write_checkpoint(str(path), {k: source_with_other_noise_in_g_ema()[k] for k in ("g", "g_ema", "d")})
     return str(path)
 
 
-def test_an_unadapted_g_is_in_perfect_correspondence_with_g_ema_of_its_source(tmp_path: Path, source_with_other_noise_in_g_ema: str):
-    unadapted = tiny_source()  # G_t as adaptation starts it: the source's `g`, noise maps included
-    unadapted["g_ema"] = unadapted["g"]
-    path = tmp_path / "unadapted.pt"
-    write_checkpoint(str(path), {k: unadapted[k] for k in ("g", "g_ema", "d")})
+def test_an_unadapted_g_is_in_perfect_correspondence_with_g_ema_of_its_source(tmp_path: Path, noisy_source: str):
+    source = source_with_other_noise_in_g_ema()
+    path = tmp_path / "unadapted.pt"  # G_t as adaptation starts it: the source's `g`, noise maps included
+    write_checkpoint(str(path), {"g": source["g"], "g_ema": source["g"], "d": source["d"]})
     settings = EvalSettings(n_corr=4, features="offline")
-    result = evaluate(str(path), "toy:babies", source_with_other_noise_in_g_ema, metrics=["corr_ratio"], settings=settings, out=str(tmp_path / "eval"))
+    result = evaluate(str(path), "toy:babies", noisy_source, metrics=["corr_ratio"], settings=settings, out=str(tmp_path / "eval"))
     assert set(result.not_defined) >= {"corr_edge_ratio", "corr_stlpips_ratio"}  # identical images: infinite ratios
     grid = torch.tensor(list(Image.open(tmp_path / "eval" / "correspondence.png").getdata()))
     rows = grid.view(2 * (TINY.size + 2) + 2, -1, 3)[2:-2]
     assert torch.equal(rows[: TINY.size], rows[TINY.size + 2 : 2 * TINY.size + 2])  # source row == adapted row
 
 
-def test_training_grid_renders_g_ema_with_the_sources_noise(source_with_other_noise_in_g_ema: str):
-    from fsg_ray.adapt.run import RunSpec
-
-    spec = RunSpec(source=source_with_other_noise_in_g_ema, target="toy:sketch", config=load_config(None, []))
+def test_training_grid_renders_g_ema_with_the_sources_noise(noisy_source: str):
+    spec = RunSpec(source=noisy_source, target="toy:sketch", config=load_config(None, []))
     run = prepare(spec)  # step 0: G_ema still has the source's weights, but g_ema's noise maps
     image = correspondence_grid(run)
     pixels = torch.tensor(list(image.getdata())).view(image.size[1], image.size[0], 3)

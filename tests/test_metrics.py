@@ -246,12 +246,12 @@ def test_assign_clusters_maps_copies_to_their_source(lpips_model):
 
 def test_memorizing_generator_has_near_zero_intra_lpips_below_diverse_generator(lpips_model):
     train = blobs(3, 11)
-    copying = intra_cluster_lpips(MemorizingG(train), train, n=24, max_per_cluster=6, lpips_model=lpips_model)
-    diverse = intra_cluster_lpips(BlobG(), train, n=24, max_per_cluster=6, lpips_model=lpips_model)
+    copying = intra_cluster_lpips(MemorizingG(train), train, n=16, max_per_cluster=4, lpips_model=lpips_model)
+    diverse = intra_cluster_lpips(BlobG(), train, n=16, max_per_cluster=4, lpips_model=lpips_model)
     assert copying["intra_stlpips"] < 0.02 and copying["intra_stlpips"] < 0.1 * diverse["intra_stlpips"]
-    assert sum(copying["cluster_sizes"]) == 24 and len(copying["assignment"]) == 24
+    assert sum(copying["cluster_sizes"]) == 16 and len(copying["assignment"]) == 16
     assert copying["lpips"] == lpips_model.name
-    assert intra_cluster_lpips(BlobG(), train, n=24, max_per_cluster=6, lpips_model=lpips_model) == diverse
+    assert intra_cluster_lpips(BlobG(), train, n=16, max_per_cluster=4, lpips_model=lpips_model) == diverse
 
 
 def test_correspondence_error_is_zero_for_identity_and_grows_with_perturbation(lpips_model):
@@ -295,6 +295,9 @@ def g_and_g_ema_with_different_noise() -> tuple[Generator, Generator]:
     """One generator twice, as rosinality's checkpoints hold `g` and `g_ema`: same weights, other noise maps."""
     torch.manual_seed(0)
     g = Generator(TINY).eval()
+    for name, param in g.named_parameters():
+        if name.endswith("noise.weight"):
+            param.data.fill_(1.0)  # a fresh generator ignores its noise (weight 0); a trained one does not
     g_ema = copy.deepcopy(g)
     for buffer in g_ema.noises.buffers():
         buffer.normal_()
