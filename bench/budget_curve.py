@@ -40,6 +40,7 @@ from quality import (  # noqa: E402  (bench/ is on sys.path when this file runs)
     run_jobs,
     _ints,
     _subset,
+    parse_metrics,
 )
 
 SECTION = "## budget curve (toy benchmark)"
@@ -67,7 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default="bench/RESULTS.md", help="file whose budget-curve section is refreshed; '' to skip")
     p.add_argument("--plot", default="docs/img/budget_curve.png", help="where the plot goes; '' to skip")
     p.add_argument("--reuse", action="store_true", help="reuse runs under --out that finished these steps with these settings")
+    p.add_argument("--metrics", help="comma-separated subset of fsg eval's metrics (default: every one defined)")
     args = p.parse_args(argv)
+    args.metrics = parse_metrics(args.metrics) if args.metrics else None
     args.targets = _subset(args.targets, TARGETS, "--targets")
     args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
     args.budgets = sorted(set(_ints(args.budgets)))

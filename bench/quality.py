@@ -37,7 +37,7 @@ from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
 from fsg_ray.config import load_config
 from fsg_ray.data import toy
-from fsg_ray.evaluate import FEATURES, EvalResult, EvalSettings, evaluate, load_sampler, target_features
+from fsg_ray.evaluate import FEATURES, EvalResult, EvalSettings, evaluate, load_sampler, parse_metrics, target_features
 from fsg_ray.grids import save_png, seeded_z, stored_noise, to_pil
 
 TARGETS = ("sketch", "painting", "sunglasses", "babies")
@@ -85,7 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="out/bench_quality", help="runs, reports and grids go here (local path)")
     p.add_argument("--results", default="bench/RESULTS.md", help="file whose quality section is refreshed; '' to skip")
     p.add_argument("--reuse", action="store_true", help="reuse a run under --out that finished these steps and was evaluated with these settings")
+    p.add_argument("--metrics", help="comma-separated subset of fsg eval's metrics (default: every one defined); kid alone is the cheapest ranking")
     args = p.parse_args(argv)
+    args.metrics = parse_metrics(args.metrics) if args.metrics else None
     args.targets = _subset(args.targets, TARGETS, "--targets")
     args.methods = _subset(args.methods, tuple(METHODS), "--methods")
     for flag in ("steps", "workers"):
@@ -279,7 +281,7 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
         generator, adapt_s, name = args.source, 0.0, SOURCE_ROW
     else:
         generator, adapt_s, name = str(directory), adapt(args.source, target, method, steps, args.seed, directory), method
-    result = evaluate(generator, f"toy:{target}", args.source, settings=settings, out=str(directory / "eval"), real_features=real)
+    result = evaluate(generator, f"toy:{target}", args.source, args.metrics, settings, str(directory / "eval"), real_features=real)
     saved = {"method": name, "settings": asdict(settings), "source": args.source, "seed": args.seed, "adapt_s": adapt_s, "result": result.to_json()}
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(saved, indent=1))
