@@ -132,15 +132,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def first_difference(old: Any, new: Any, prefix: str = "") -> str | None:
-    """The dotted key of the first difference between two plain-data trees, or None when equal."""
+def first_difference(old: Any, new: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
+    """(dotted key, old value, new value) of the first difference between two plain-data trees, or None."""
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             found = first_difference(old.get(key), new.get(key), f"{prefix}{key}.")
             if found is not None:
                 return found
         return None
-    return None if old == new else prefix.rstrip(".")
+    return None if old == new else (prefix.rstrip("."), old, new)
 
 
 def leaf_paths(cls: type = AdaptConfig, prefix: str = "") -> list[str]:

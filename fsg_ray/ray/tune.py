@@ -90,12 +90,9 @@ def record_or_check_search(search: SearchConfig, run_uri: str) -> None:
         storage.write_bytes(uri, yaml.safe_dump(wanted, sort_keys=False).encode())
         return
     stored = yaml.safe_load(storage.read_bytes(uri))
-    key = first_difference(stored, wanted)
-    if key is not None:
-        old, new = stored, wanted
-        for part in key.split("."):
-            old = old.get(part) if isinstance(old, dict) else None
-            new = new.get(part) if isinstance(new, dict) else None
+    difference = first_difference(stored, wanted)
+    if difference is not None:
+        key, old, new = difference
         raise ConfigError(f"{run_uri} holds a search started with another config: {key} was {old!r}, now {new!r} (use another --out to start a new search)")
 
 
