@@ -123,8 +123,13 @@ def search_figure(frame: pd.DataFrame, meta: SearchMeta) -> Image.Image:
     """The metric against step for every trial, and the metric against each searched parameter."""
     finals = final_rows(frame)
     best = best_trial(frame, meta)
-    fig, axes = plt.subplots(1, 1 + len(meta.params), figsize=(5 * (1 + len(meta.params)), 4), squeeze=False)
-    curve = axes[0][0]
+    columns = min(3, 1 + len(meta.params))
+    rows = -(-(1 + len(meta.params)) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(5.5 * columns, 4 * rows), squeeze=False)
+    panels = list(axes.flat)
+    for unused in panels[1 + len(meta.params):]:
+        unused.set_visible(False)
+    curve = panels[0]
     for trial_id, rows in frame.sort_values("step").groupby("trial_id"):
         status = rows["status"].iloc[-1]
         is_best = best is not None and trial_id == best.name
@@ -134,7 +139,7 @@ def search_figure(frame: pd.DataFrame, meta: SearchMeta) -> Image.Image:
             curve.plot(rows["step"].iloc[-1], rows[meta.metric].iloc[-1], "x", color=line[0].get_color(), markersize=9)
     curve.set(xlabel="step", ylabel=meta.metric, title=f"{meta.metric} per trial (dashed, x: stopped early)")
     curve.legend(fontsize=6)
-    for ax, (path, scale) in zip(axes[0][1:], meta.params.items()):
+    for ax, (path, scale) in zip(panels[1:], meta.params.items()):
         x, labels = _positions(finals[path], scale)
         completed = finals["status"] == "completed"
         ax.scatter(x[completed], finals.loc[completed, meta.metric], label="completed")
