@@ -8,6 +8,7 @@ evaluation. Every mistake is a ConfigError that names the file and the key.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +323,8 @@ def parse_search(data: Any) -> SearchConfig:
     if searcher.type not in ("random", "optuna"):
         raise ConfigError(f"searcher.type: expected random or optuna, got {searcher.type!r}")
     if searcher.type == "optuna":
+        if importlib.util.find_spec("optuna") is None:
+            raise ConfigError("searcher.type: optuna is an optional extra that is not installed here: pip install 'fsg-ray[optuna]'")
         for path, space in search.items():
             if space.space == "grid_search":
                 raise ConfigError(f"search.{path}: grid_search cannot be used with searcher.type optuna (use choice)")

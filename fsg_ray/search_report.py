@@ -106,10 +106,10 @@ def best_yaml(search: SearchConfig, best: pd.Series, meta: SearchMeta, run_uri: 
 
 def copy_best_generator(best: pd.Series, run_uri: str) -> None:
     """RUN_URI/best/generator.pt (the field's format) and the final checkpoint (all a MineGAN sampler needs)."""
-    trial = best["checkpoint"].rsplit("/", 1)[0]
+    trial = best["checkpoint"].rsplit("/", 2)[0]
     storage.write_bytes(storage.join(run_uri, BEST_DIR, EXPORT_FILE), storage.read_bytes(storage.join(trial, EXPORT_FILE)))
     name = checkpoint_dir_name(int(best["step"]))
-    storage.write_bytes(storage.join(run_uri, BEST_DIR, name, CHECKPOINT_FILE), storage.read_bytes(storage.join(best["checkpoint"], CHECKPOINT_FILE)))
+    storage.write_bytes(storage.join(run_uri, BEST_DIR, name, CHECKPOINT_FILE), storage.read_bytes(best["checkpoint"]))
 
 
 def _positions(values: pd.Series, scale: str) -> tuple[pd.Series, list[str] | None]:

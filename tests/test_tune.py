@@ -95,7 +95,7 @@ def test_results_have_a_row_per_trial_and_report(s3_search):
     rows = frame[frame["trial_id"] == first]
     assert list(rows["step"]) == [10, 20]
     assert rows["kid_offline"].notna().all() and (rows["extractor_features"].str.startswith("offline:")).all()
-    assert list(rows["checkpoint"]) == [f"{run_uri}/trials/{first}/checkpoint_{s:06d}" for s in (10, 20)]
+    assert list(rows["checkpoint"]) == [f"{run_uri}/trials/{first}/checkpoint_{s:06d}/state.pt" for s in (10, 20)]
 
 
 def test_results_best_yaml_and_best_generator_are_on_s3_and_load_back(s3_search, s3_endpoint, tmp_path):

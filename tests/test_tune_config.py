@@ -161,3 +161,14 @@ def test_best_yaml_format_is_what_fsg_adapt_reads(tmp_path):
     config = load_search_config(write(tmp_path, VALID)).trial_config({"cdc.weight": 250.0, "anchors.every": 2})
     (tmp_path / "best.yaml").write_text("# comment\n" + yaml.safe_dump(config_to_dict(config)))
     assert load_config(tmp_path / "best.yaml") == config
+
+
+def test_an_optuna_search_samples_with_optunas_tpe_on_the_searched_metric(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fsg_ray.ray.tune import tune_config
+
+    search = load_search_config(write(tmp_path, changed("searcher/type", "optuna")))
+    built = tune_config(search, "kid_offline")
+    assert isinstance(built.search_alg, OptunaSearch)
+    assert (built.metric, built.mode, built.num_samples) == ("kid_offline", "min", 1)

@@ -25,7 +25,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from fsg_ray import storage
 from fsg_ray.adapt.run import EXPORT_FILE, RunSpec, export_final_generator
 from fsg_ray.config import ConfigError
-from fsg_ray.nets.checkpoints import checkpoint_dir_name
+from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.cluster import connect
 from fsg_ray.ray.train import Scaling, make_trainer, ray_storage, with_absolute_paths
 from fsg_ray.search_config import SearchConfig, Space, first_difference
@@ -149,7 +149,8 @@ def results_frame(grid: tune.ResultGrid, search: SearchConfig, run_uri: str) -> 
         for path, value in params.items():
             frame[path] = value
         frame = pd.concat([frame, reported], axis=1)
-        frame["checkpoint"] = [storage.join(trial_uri(run_uri, trial_id), checkpoint_dir_name(int(step))) for step in reports["step"]]
+        # The file itself: load_generator, fsg sample and fsg eval take it as is.
+        frame["checkpoint"] = [storage.join(trial_uri(run_uri, trial_id), checkpoint_dir_name(int(step)), CHECKPOINT_FILE) for step in reports["step"]]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True).sort_values(["trial_id", "step"], ignore_index=True) if frames else pd.DataFrame()
 
@@ -157,7 +158,7 @@ def results_frame(grid: tune.ResultGrid, search: SearchConfig, run_uri: str) -> 
 # Tune's own fields in every result; what a trial reported is kept.
 TUNE_BOOKKEEPING = {
     "trial_id", "checkpoint_path", "timestamp", "done", "training_iteration", "date", "pid", "hostname", "node_ip",
-    "time_this_iter_s", "time_total_s", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint",
+    "time_this_iter_s", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name", "should_checkpoint",
 }
 
 
