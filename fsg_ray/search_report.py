@@ -36,6 +36,7 @@ RESULTS_FILE = "results.parquet"
 BEST_YAML = "best.yaml"
 BEST_DIR = "best"  # the best trial's generator.pt and final checkpoint
 METADATA_KEY = b"fsg_tune"
+LEGEND_TRIALS = 12  # beyond this a legend hides the curves
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def search_figure(frame: pd.DataFrame, meta: SearchMeta) -> Image.Image:
         if status == "stopped_early":
             curve.plot(rows["step"].iloc[-1], rows[meta.metric].iloc[-1], "x", color=line[0].get_color(), markersize=9)
     curve.set(xlabel="step", ylabel=meta.metric, title=f"{meta.metric} per trial (dashed, x: stopped early)")
-    curve.legend(fontsize=6)
+    if frame["trial_id"].nunique() <= LEGEND_TRIALS:
+        curve.legend(fontsize=6)
     for ax, (path, scale) in zip(panels[1:], meta.params.items()):
         x, labels = _positions(finals[path], scale)
         completed = finals["status"] == "completed"

@@ -15,9 +15,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import posixpath
 from typing import Any
 
 import pandas as pd
+import pyarrow.fs as pafs
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
@@ -112,11 +114,16 @@ def tune_config(search: SearchConfig, metric: str) -> tune.TuneConfig:
     )
 
 
+def experiment_path(run_uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """Where Tune keeps the experiment state of the search at `run_uri`, as Tuner.restore wants it."""
+    storage_path, name, filesystem = ray_storage(storage.join(run_uri, TUNE_DIR))
+    return posixpath.join(storage_path, name), filesystem
+
+
 def tuner(search: SearchConfig, run_uri: str, metric: str) -> tune.Tuner:
     """A new Tuner for the search, or the one restored from RUN_URI/tune when an earlier driver left it there."""
     trainable = tune.with_resources(tune.with_parameters(run_trial, search=search, run_uri=run_uri), {"cpu": TRIAL_DRIVER_CPUS})
-    storage_path, name, filesystem = ray_storage(storage.join(run_uri, TUNE_DIR))
-    experiment = storage.join(storage_path, name) if filesystem is None else f"{storage_path}/{name}"
+    experiment, filesystem = experiment_path(run_uri)
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         log.info("resuming the search in %s", storage.join(run_uri, TUNE_DIR))
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, storage_filesystem=filesystem)
@@ -124,7 +131,7 @@ def tuner(search: SearchConfig, run_uri: str, metric: str) -> tune.Tuner:
         trainable,
         param_space={path: tune_space(space) for path, space in search.search.items()},
         tune_config=tune_config(search, metric),
-        run_config=tune.RunConfig(name=name, storage_path=storage_path, storage_filesystem=filesystem),
+        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=posixpath.dirname(experiment), storage_filesystem=filesystem),
     )
 
 
