@@ -27,7 +27,8 @@ from fsg_ray.ray.tune import experiment_path, run_search
 from fsg_ray.search_config import load_search_config
 from fsg_ray.search_report import read_results
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+# A cap against hangs; on a 2-core box shared with other work the S3 search alone has taken over 4 minutes.
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -192,7 +193,6 @@ def mtimes(folder: Path, names: list[str] | None = None) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
 
 
-@pytest.mark.timeout(600)  # two drivers, three Train start-ups: slow when the box is shared
 def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, tmp_path):
     """Two trials of 2 workers each, one after the other, on a tiny model: the driver (a subprocess on the
     module's cluster through RAY_ADDRESS) is killed while the second trial runs; the rerun finishes it."""
