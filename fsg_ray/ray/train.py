@@ -30,8 +30,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.v2.api.callback import UserCallback
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
