@@ -131,7 +131,13 @@ def tuner(search: SearchConfig, run_uri: str, metric: str) -> tune.Tuner:
         trainable,
         param_space={path: tune_space(space) for path, space in search.search.items()},
         tune_config=tune_config(search, metric),
-        run_config=tune.RunConfig(name=TUNE_DIR, storage_path=posixpath.dirname(experiment), storage_filesystem=filesystem),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=posixpath.dirname(experiment),
+            storage_filesystem=filesystem,
+            # A trial whose Train run gave up (or whose process died) starts again, resuming its Train run.
+            failure_config=tune.FailureConfig(max_failures=search.trial.max_failures),
+        ),
     )
 
 
