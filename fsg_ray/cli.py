@@ -111,6 +111,30 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {storage.join(args.out, 'metrics.json')} and {storage.join(args.out, 'report.html')} in {result.elapsed_s:.0f} s")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    """A search over AdaptConfig fields on Ray Tune (`tune_configs/*.yaml`), or its report again (--report)."""
+    if args.report:
+        from fsg_ray.search_report import rerender
+
+        rerender(args.report)
+        print(f"wrote {storage.join(args.report, 'search.png')} and {storage.join(args.report, 'report.html')}")
+        return
+    if args.config is None or args.out is None:
+        raise ConfigError("fsg tune: give CONFIG and --out RUN_URI (or --report RUN_URI)")
+    from fsg_ray.search_config import load_search_config
+
+    overrides = list(args.set or []) + ([f"num_samples={args.num_samples}"] if args.num_samples is not None else [])
+    search = load_search_config(args.config, overrides)  # every mistake surfaces here, before Ray starts
+    from fsg_ray.ray.tune import run_search
+
+    summary = run_search(search, args.out)
+    print(f"{summary.trials} trials ({', '.join(f'{n} {s}' for s, n in sorted(summary.statuses.items()))}); metric {summary.metric}")
+    if summary.best_trial is not None:
+        print(f"best: {summary.best_trial} {summary.metric}={summary.best_value:.5g} {summary.best_params}")
+        print(f"  {storage.join(args.out, 'best.yaml')} (fsg adapt --config best.yaml ...), generator {storage.join(args.out, 'best', 'generator.pt')}")
+    print(f"results: {storage.join(args.out, 'results.parquet')}, {storage.join(args.out, 'search.png')}, {storage.join(args.out, 'report.html')}")
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with AdaptConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. cdc.weight=500 (repeatable)")
@@ -184,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", choices=["inception", "offline"], default="inception", help="offline: fast random-conv features, keys fid_offline/kid_offline")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("tune", help="hyperparameter search on Ray Tune: each trial a Ray Train adaptation run, ASHA, resumable")
+    p.add_argument("config", nargs="?", help="search file, e.g. tune_configs/toy_cdc.yaml")
+    p.add_argument("--out", help="run URI of the search (local path or s3://bucket/prefix); rerun to resume")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the search file, e.g. base.steps=100 (repeatable)")
+    p.add_argument("--num-samples", type=int, help="override num_samples")
+    p.add_argument("--report", metavar="RUN_URI", help="render search.png and report.html again from RUN_URI/results.parquet")
+    p.set_defaults(func=cmd_tune)
 
     p = verbs.add_parser("demo", help="the built-in default job: toy faces -> 10-shot toy:sketch with CDC")
     p.add_argument("--out", default="out/demo")

@@ -18,17 +18,19 @@ checkpoints land at `RUN_URI/checkpoint_XXXXXX/state.pt` exactly as in a single-
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import posixpath
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs as pafs
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
@@ -72,13 +74,18 @@ def ray_storage(run_uri: str) -> tuple[str, str, pafs.FileSystem | None]:
 
 
 class TrainReportSink:
-    """A `RunSink` whose checkpoints Ray Train commits; grids go straight to the run URI from rank 0."""
+    """A `RunSink` whose checkpoints Ray Train commits; grids go straight to the run URI from rank 0.
 
-    def __init__(self, run_uri: str, rank: int, world_size: int) -> None:
+    With `validate` (a function of a checkpoint file, e.g. fsg_ray.validation.Validation), rank 0
+    measures each checkpoint before reporting it, and the numbers travel with that checkpoint's report.
+    """
+
+    def __init__(self, run_uri: str, rank: int, world_size: int, validate: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.run_uri = run_uri
         self.rank = rank
         self.world_size = world_size
         self.files = DirectorySink(run_uri)
+        self.validate = validate
 
     def latest_checkpoint(self) -> dict[str, Any] | None:
         """Ray's latest committed checkpoint (after a failure it can be older than the newest directory)."""
@@ -105,6 +112,8 @@ class TrainReportSink:
             checkpoint = None
             if self.rank == 0:
                 write_checkpoint(os.path.join(local, CHECKPOINT_FILE), {**ckpt, "workers": self.world_size})
+                if self.validate is not None:
+                    metrics |= self.validate(os.path.join(local, CHECKPOINT_FILE))
                 checkpoint = Checkpoint.from_directory(local)
                 losses = " ".join(f"{k}={metrics[k]:.4g}" for k in ("d", "g", "cdc") if k in metrics)
                 log.info("step %d %s %.2f s/step %.1f img/s on %d workers", step, losses, metrics["step_time_s"], metrics["global_images_per_s"], self.world_size)
@@ -129,17 +138,29 @@ def train_worker(config: dict[str, Any]) -> None:
     # (ProcessGroup checks that all ranks start from the same weights).
     torch.manual_seed(spec.config.seed)
     on_step = fault_hook(Fault.parse(config["fault"]), run_uri, rank) if config["fault"] else None
-    sink = TrainReportSink(run_uri, rank, world_size)
     # The GPU Ray assigned to this worker, or the CPU.
-    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=get_device())
+    device = get_device()
+    validation = config.get("validation")
+    validate = functools.partial(validation, device=str(device)) if validation is not None else None
+    sink = TrainReportSink(run_uri, rank, world_size, validate)
+    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=device)
 
 
-def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
+def make_trainer(
+    spec: RunSpec, run_uri: str, scaling: Scaling, validation: Callable[..., dict[str, Any]] | None = None, callbacks: Sequence[UserCallback] = ()
+) -> TorchTrainer:
+    """A TorchTrainer for the run at `run_uri`; `validation(checkpoint_file, device=)` adds metrics to every report."""
     storage_path, name, filesystem = ray_storage(run_uri)
     forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec, "run_uri": run_uri, "fault": os.environ.get(FAULT_ENV), "threads": max(1, int(scaling.cpus_per_worker))},
+        train_loop_config={
+            "spec": spec,
+            "run_uri": run_uri,
+            "fault": os.environ.get(FAULT_ENV),
+            "threads": max(1, int(scaling.cpus_per_worker)),
+            "validation": validation,
+        },
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=scaling.resources()),
         # NCCL on GPUs, gloo on CPUs (NCCL reduces only CUDA tensors).
         torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
@@ -150,6 +171,7 @@ def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
             worker_runtime_env={"env_vars": forwarded} if forwarded else None,
+            callbacks=list(callbacks),
         ),
     )
 
@@ -159,14 +181,18 @@ def _is_local_path(uri: str | None) -> bool:
     return uri is not None and not uri.startswith("toy:") and not storage.is_remote(uri)
 
 
+def with_absolute_paths(spec: RunSpec) -> RunSpec:
+    """Workers run in Ray's own working directory: relative local paths must not reach them."""
+    local = {name: storage.absolute(getattr(spec, name)) for name in ("source", "target", "resume_from") if _is_local_path(getattr(spec, name))}
+    return dataclasses.replace(spec, **local)
+
+
 def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Result:
     """Train to `spec.config.steps` on Ray (resuming the run if it exists), then export the generator.
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
-    # Workers run in Ray's own working directory: relative local paths must not reach them.
-    local = {name: storage.absolute(getattr(spec, name)) for name in ("source", "target", "resume_from") if _is_local_path(getattr(spec, name))}
-    spec, run_uri = dataclasses.replace(spec, **local), storage.absolute(run_uri)
+    spec, run_uri = with_absolute_paths(spec), storage.absolute(run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     result = make_trainer(spec, run_uri, scaling).fit()
     export_final_generator(run_uri)

@@ -1,0 +1,79 @@
+"""Benchmark of `fsg tune` on a search file (default: the shipped toy_cdc.yaml), in one process.
+
+1. The search itself (Ray Tune over Ray Train trials, local cluster): wall time and trials per hour.
+2. The same trials back to back without Ray: each trial's config trained for the steps it ran there,
+   through fsg adapt's one-process path (run_adaptation + DirectorySink, one torch thread as in a
+   one-CPU Train worker), with the same validation at the same checkpoints. Tune's overhead per
+   trial = sum of the trials' Tune wall times (trial start to last report) / sum of the baseline's.
+3. ASHA's share of a full search's trial-steps: the steps the trials ran / (trials x max_t).
+
+    python bench/tune.py [--config tune_configs/toy_cdc.yaml] [--set KEY=VALUE ...] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fsg_ray import storage
+from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
+from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
+from fsg_ray.ray.tune import run_search, validation_of
+from fsg_ray.search_config import SearchConfig, load_search_config
+from fsg_ray.search_report import final_rows, read_results
+
+
+def baseline_trial(search: SearchConfig, params: dict, steps: int, report_steps: list[int], out: str) -> float:
+    """Seconds to train one trial's config for `steps` in this process and validate its checkpoints."""
+    config = dataclasses.replace(search.trial_config(params), steps=steps)
+    validate = validation_of(search)
+    started = time.perf_counter()
+    run_adaptation(RunSpec(search.source, search.target, config), DirectorySink(out), progress=False)
+    export_final_generator(out)
+    for step in report_steps:
+        validate(storage.join(out, checkpoint_dir_name(step), CHECKPOINT_FILE))
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="tune_configs/toy_cdc.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--out", default=None, help="where the search and the baseline runs go (default: a temp dir)")
+    args = parser.parse_args()
+    search = load_search_config(args.config, args.set)
+    out = args.out or tempfile.mkdtemp(prefix="bench_tune_")
+
+    started = time.perf_counter()
+    summary = run_search(search, str(Path(out) / "search"))
+    search_wall = time.perf_counter() - started
+    frame, meta = read_results(summary.run_uri)
+    finals = final_rows(frame)
+
+    torch.set_num_threads(1)  # a one-CPU Train worker runs one torch thread
+    tune_s, base_s, steps_run = 0.0, 0.0, 0
+    print(f"\n{'trial':<14}{'status':<15}{'steps':>6}{'tune s':>9}{'adapt s':>9}{'ratio':>7}  {meta.metric}")
+    for trial_id, last in finals.iterrows():
+        reports = frame[frame["trial_id"] == trial_id]
+        params = {path: last[path].item() if hasattr(last[path], "item") else last[path] for path in meta.params}
+        steps = int(last["step"])
+        plain = baseline_trial(search, params, steps, [int(s) for s in reports["step"]], str(Path(out) / "baseline" / trial_id))
+        tune_s, base_s, steps_run = tune_s + float(last["time_total_s"]), base_s + plain, steps_run + steps
+        print(f"{trial_id:<14}{last['status']:<15}{steps:>6}{last['time_total_s']:>9.1f}{plain:>9.1f}{last['time_total_s'] / plain:>7.2f}  {last[meta.metric]:.4f}")
+
+    full = len(finals) * search.scheduler.max_t
+    print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch thread(s) in the baseline, {search.max_concurrent_trials} concurrent trial(s) in the search")
+    print(f"search wall: {search_wall:.0f} s for {len(finals)} trials ({summary.statuses}) -> {len(finals) / search_wall * 3600:.1f} trials/hour")
+    print(f"Tune overhead per trial: sum of trial wall times {tune_s:.0f} s / same trials back to back with fsg adapt {base_s:.0f} s = {tune_s / base_s:.2f}")
+    print(f"ASHA trial-steps: {steps_run} of a full search's {full} ({steps_run / full:.0%}); best {summary.best_trial} {meta.metric}={summary.best_value:.4f}")
+    print(f"outputs: {out}")
+
+
+if __name__ == "__main__":
+    main()

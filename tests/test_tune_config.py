@@ -1,0 +1,174 @@
+"""The `fsg tune` search format: every mistake is a ConfigError naming the file and the key, before Ray starts."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fsg_ray.cli import main
+from fsg_ray.config import ConfigError, load_config
+from fsg_ray.ray.tune import record_or_check_search
+from fsg_ray.search_config import load_search_config
+
+SHIPPED = sorted((Path(__file__).resolve().parent.parent / "tune_configs").glob("*.yaml"))
+
+VALID = {
+    "name": "t",
+    "base": {"source": "toy:faces", "target": "toy:sketch", "steps": 20},
+    "metric": {"name": "kid", "mode": "min"},
+    "search": {"cdc.weight": {"space": "loguniform", "lower": 100, "upper": 10000}, "anchors.every": {"space": "choice", "values": [2, 4]}},
+    "scheduler": {"type": "asha", "grace_period": 5},
+    "eval": {"every": 5, "n_generated": 16},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def changed(path: str, value) -> dict:
+    """VALID with one nested key (dotted path; a '/' separates a search path from its keys) set to `value`."""
+    data = yaml.safe_load(yaml.safe_dump(VALID))
+    *parents, leaf = path.split("/")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize("config", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_search_config_validates(config):
+    search = load_search_config(config)
+    assert search.search and search.trial_config({}).checkpoint_every == search.eval.every
+
+
+def test_shipped_configs_include_the_three_searches_of_the_issue():
+    assert {p.name for p in SHIPPED} >= {"toy_cdc.yaml", "methods_toy.yaml", "ffhq256_sketches.yaml"}
+
+
+def test_methods_toy_searches_cdc_against_the_six_baselines():
+    search = load_search_config(next(p for p in SHIPPED if p.name == "methods_toy.yaml"))
+    assert set(search.search["method"].values) == {"cdc", "tgan", "freezed", "ewc", "ada", "bsa", "minegan"}
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key"),
+    [
+        ("colour", 1, "colour"),
+        ("metric/direction", "up", "metric.direction"),
+        ("scheduler/patience", 3, "scheduler.patience"),
+        ("trial/gpus", 1, "trial.gpus"),
+        ("eval/samples", 10, "eval.samples"),
+        ("base/cdc/wieght", 2.0, "base.cdc.wieght"),
+        ("search/cdc.weight", {"space": "uniform", "lower": 1, "upper": 2, "step": 1}, "search.cdc.weight.step"),
+    ],
+)
+def test_an_unknown_key_at_any_level_names_the_key_and_the_file(tmp_path, path, value, key):
+    config = write(tmp_path, changed(path, value))
+    with pytest.raises(ConfigError) as error:
+        load_search_config(config)
+    assert str(config) in str(error.value) and key in str(error.value)
+
+
+def test_a_search_path_that_is_not_an_adapt_config_field_is_rejected(tmp_path):
+    config = write(tmp_path, changed("search/anchors.radius", {"space": "uniform", "lower": 0.1, "upper": 0.2}))
+    with pytest.raises(ConfigError, match=r"search\.anchors\.radius: not an AdaptConfig field; valid here: anchors\.count, anchors\.every") as error:
+        load_search_config(config)
+    assert str(config) in str(error.value)
+
+
+def test_lower_not_below_upper_is_rejected(tmp_path):
+    config = write(tmp_path, changed("search/cdc.weight", {"space": "uniform", "lower": 500, "upper": 500}))
+    with pytest.raises(ConfigError, match=r"search\.cdc\.weight: lower \(500\) must be below upper \(500\)") as error:
+        load_search_config(config)
+    assert str(config) in str(error.value)
+
+
+def test_a_non_positive_loguniform_bound_is_rejected(tmp_path):
+    config = write(tmp_path, changed("search/cdc.weight", {"space": "loguniform", "lower": 0, "upper": 10}))
+    with pytest.raises(ConfigError, match=r"search\.cdc\.weight\.lower: loguniform bounds must be positive") as error:
+        load_search_config(config)
+    assert str(config) in str(error.value)
+
+
+def test_optuna_with_grid_search_is_rejected(tmp_path):
+    data = changed("searcher/type", "optuna")
+    data["search"]["anchors.every"] = {"space": "grid_search", "values": [2, 4]}
+    config = write(tmp_path, data)
+    with pytest.raises(ConfigError, match=r"search\.anchors\.every: grid_search cannot be used with searcher\.type optuna") as error:
+        load_search_config(config)
+    assert str(config) in str(error.value)
+
+
+def test_a_value_of_the_wrong_type_for_its_field_is_rejected(tmp_path):
+    config = write(tmp_path, changed("search/anchors.count", {"space": "uniform", "lower": 2, "upper": 20}))
+    with pytest.raises(ConfigError, match=r"search\.anchors\.count: the value 2\.0 does not fit \(anchors\.count: expected int"):
+        load_search_config(config)
+
+
+def test_a_field_set_in_base_and_searched_is_rejected(tmp_path):
+    config = write(tmp_path, changed("base/cdc", {"weight": 10.0}))
+    with pytest.raises(ConfigError, match=r"search\.cdc\.weight: also set in base"):
+        load_search_config(config)
+
+
+def test_a_folder_target_needs_a_validation_set(tmp_path):
+    config = write(tmp_path, changed("base/target", "shots/"))
+    with pytest.raises(ConfigError, match=r"eval\.validation: required when base\.target \(shots/\) is not toy:NAME"):
+        load_search_config(config)
+
+
+def test_a_searched_metric_needs_its_evaluation(tmp_path):
+    config = write(tmp_path, changed("metric/name", "corr_l1"))
+    with pytest.raises(ConfigError, match=r"metric\.name: corr_l1 needs 'corr' in eval\.metrics"):
+        load_search_config(config)
+
+
+def test_cli_reports_a_search_file_error_before_starting_ray(tmp_path, capsys):
+    config = write(tmp_path, changed("search/cdc.weight", {"space": "loguniform", "lower": -1, "upper": 10}))
+    assert main(["tune", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert f"fsg tune: error: {config}: search.cdc.weight.lower" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_overrides_apply_to_the_files_keys(tmp_path):
+    search = load_search_config(write(tmp_path, VALID), ["base.steps=40", "num_samples=3"])
+    assert (search.base.steps, search.num_samples, search.scheduler.max_t) == (40, 3, 40)
+
+
+def test_a_trial_config_is_the_base_with_the_sampled_values(tmp_path):
+    search = load_search_config(write(tmp_path, VALID))
+    config = search.trial_config({"cdc.weight": 250.0, "anchors.every": 2})
+    assert (config.steps, config.cdc.weight, config.anchors.every, config.checkpoint_every) == (20, 250.0, 2, 5)
+
+
+def test_a_rerun_with_a_changed_search_refuses_naming_the_key(tmp_path):
+    run = str(tmp_path / "run")
+    record_or_check_search(load_search_config(write(tmp_path, VALID)), run)
+    record_or_check_search(load_search_config(write(tmp_path, VALID)), run)
+    changed_search = load_search_config(write(tmp_path, changed("search/cdc.weight", {"space": "loguniform", "lower": 100, "upper": 5000})))
+    with pytest.raises(ConfigError, match=r"search\.cdc\.weight\.upper was 10000, now 5000"):
+        record_or_check_search(changed_search, run)
+
+
+def test_best_yaml_format_is_what_fsg_adapt_reads(tmp_path):
+    """best.yaml is config_to_dict of a trial config: load_config reads it back unchanged."""
+    from fsg_ray.config import config_to_dict
+
+    config = load_search_config(write(tmp_path, VALID)).trial_config({"cdc.weight": 250.0, "anchors.every": 2})
+    (tmp_path / "best.yaml").write_text("# comment\n" + yaml.safe_dump(config_to_dict(config)))
+    assert load_config(tmp_path / "best.yaml") == config
+
+
+def test_an_optuna_search_samples_with_optunas_tpe_on_the_searched_metric(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+
+    from fsg_ray.ray.tune import tune_config
+
+    search = load_search_config(write(tmp_path, changed("searcher/type", "optuna")))
+    built = tune_config(search, "kid_offline")
+    assert isinstance(built.search_alg, OptunaSearch)
+    assert (built.metric, built.mode, built.num_samples) == ("kid_offline", "min", 1)
