@@ -87,6 +87,8 @@ class ShardRenderer:
         import torch
 
         device = torch.device("cuda" if scaling.gpus_per_worker > 0 else "cpu")
+        # Transposed convs (the upsampling) may pick atomics-based cuDNN algorithms whose sums vary run to run.
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         g, _ = load_sampler(options.generator, device)
         source = load_sampler(options.pair_with, device)[0] if options.pair_with else None
         self.renderer = RangeRenderer(g, source, options.truncation, options.noise, scaling.batch)
