@@ -22,7 +22,7 @@ from fsg_ray.grids import seeded_z
 from fsg_ray.nets.checkpoints import CheckpointError
 from fsg_ray.ray.synthesize import synthesize
 from fsg_ray.synth.manifest import JOB_FILE, MANIFEST_FILE, DatasetMismatch
-from fsg_ray.synth.options import DatasetOptions, Scaling
+from fsg_ray.synth.options import DatasetOptions, Scaling, SynthError
 from fsg_ray.synth.shards import inspect_shard, parse_shard_name
 
 pytestmark = pytest.mark.timeout(180)
@@ -148,6 +148,7 @@ def wait_for_first_shard(out: str, driver: subprocess.Popen, timeout: float = 12
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(300)
 def test_killed_job_rerun_finishes_identical_to_an_uninterrupted_run(ray_cluster: str, s3_bucket: str) -> None:
     options = DatasetOptions(generator="toy:faces", count=320, shard_rows=16, noise="seeded")
     killed, reference = f"s3://{s3_bucket}/killed", f"s3://{s3_bucket}/reference"
@@ -163,8 +164,8 @@ def test_killed_job_rerun_finishes_identical_to_an_uninterrupted_run(ray_cluster
     assert not storage.exists(storage.join(killed, MANIFEST_FILE)), "the job finished before it was killed: nothing was interrupted"
     assert all(inspect_shard(killed, start, end) is not None for start, end in present), "a shard object appeared incomplete"
 
-    resumed = synthesize(options, killed, Scaling(workers=2), progress=False)
-    synthesize(options, reference, Scaling(workers=2), progress=False)
+    resumed = synthesize(options, killed, Scaling(workers=1), progress=False)
+    synthesize(options, reference, Scaling(workers=1), progress=False)
     assert resumed.written_shards == 20 - len(present) < 20
     assert shard_bytes(killed) == shard_bytes(reference)
 
@@ -184,6 +185,13 @@ def test_unreadable_generator_is_refused_by_file_and_writes_nothing(s3_bucket: s
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match=str(garbage)):
         synthesize(DatasetOptions(generator=str(garbage), count=4), f"s3://{s3_bucket}/ds", progress=False)
+    assert s3_keys(s3_bucket) == []
+
+
+@pytest.mark.ray
+def test_more_workers_than_the_cluster_holds_is_refused_instead_of_waiting(ray_cluster: str, s3_bucket: str) -> None:
+    with pytest.raises(SynthError, match="workers: 4 generator actors need 5 CPU"):
+        synthesize(DatasetOptions(generator="toy:faces", count=4), f"s3://{s3_bucket}/ds", Scaling(workers=4), progress=False)
     assert s3_keys(s3_bucket) == []
 
 

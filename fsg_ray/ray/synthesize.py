@@ -27,6 +27,7 @@ from fsg_ray.synth.options import DatasetOptions, Scaling, SynthError
 from fsg_ray.synth.render import RangeRenderer, RenderedRange, noise_shapes
 from fsg_ray.synth.shards import ShardLayout, ShardRecord, encode_table, inspect_shard, plan_shards, shard_name, write_shard
 
+RENDER_CPUS = 1.0
 ENCODE_CPUS = 1.0
 INSPECT_CPUS = 0.25
 
@@ -48,7 +49,8 @@ class Summary:
         kept = self.shards - self.written_shards
         return (
             f"{self.images} images in {self.shards} shards ({self.bytes / 2**20:.1f} MiB) at {self.out}; "
-            f"{self.written_shards} shards written by this run, {kept} already complete; {self.wall_s:.1f} s"
+            f"{self.written_shards} shards written by this run, {kept} already complete; {self.wall_s:.1f} s "
+            f"(render {self.render_s:.1f} s, encode and write {self.encode_s:.1f} s, summed over workers and tasks)"
         )
 
 
@@ -124,6 +126,18 @@ def _complete_shards(out: str, ranges: list[tuple[int, int]]) -> list[ShardRecor
     return [record for record in found if record is not None]
 
 
+def _check_cluster_fits(scaling: Scaling) -> None:
+    """Generator actors holding every CPU would leave none to encode, and the job would wait forever."""
+    resources = ray.cluster_resources()
+    needed = {"CPU": scaling.workers * RENDER_CPUS + ENCODE_CPUS, "GPU": scaling.workers * scaling.gpus_per_worker}
+    for name, amount in needed.items():
+        if amount > resources.get(name, 0.0):
+            raise SynthError(
+                f"workers: {scaling.workers} generator actors need {amount:g} {name} with the encode stage, "
+                f"the cluster has {resources.get(name, 0.0):g}"
+            )
+
+
 def synthesize(options: DatasetOptions, out: str, scaling: Scaling = Scaling(), progress: bool = True) -> Summary:
     """Render options.count images into shards at `out`; a rerun finishes an interrupted job."""
     started = time.perf_counter()
@@ -131,11 +145,12 @@ def synthesize(options: DatasetOptions, out: str, scaling: Scaling = Scaling(), 
     storage.exists(out)  # a missing bucket raises here, before any work
     layout = _layout(options)
     record = JobRecord.describe(options, scaling)
+    connect(min_cpus=scaling.workers * RENDER_CPUS + ENCODE_CPUS)
+    _check_cluster_fits(scaling)
     manifest = claim(out, record)
     if manifest is not None:
         return Summary(out, manifest["images"], len(manifest["shards"]), manifest["bytes"], 0, time.perf_counter() - started, 0.0, 0.0)
 
-    connect(min_cpus=scaling.workers + ENCODE_CPUS)
     ranges = plan_shards(options.seed_start, options.count, options.shard_rows)
     done = _complete_shards(out, ranges)
     done_starts = {shard.start for shard in done}
@@ -148,6 +163,9 @@ def synthesize(options: DatasetOptions, out: str, scaling: Scaling = Scaling(), 
                 written.append(ShardRecord(**{key: row[key] for key in ("file", "start", "end", "rows", "bytes", "sha256")}))
                 render_s, encode_s = render_s + row["render_s"], encode_s + row["encode_s"]
                 bar.update(row["rows"])
+    missing = sorted(set(ranges) - {(shard.start, shard.end) for shard in done + written})
+    if missing:  # never expected: a manifest must not call a dataset with holes complete
+        raise RuntimeError(f"{out}: the job ended without shards for seed ranges {missing[:5]}; rerun to write them")
     manifest = write_manifest(out, record, scaling, done + written)
     return Summary(out, manifest["images"], len(manifest["shards"]), manifest["bytes"], len(written), time.perf_counter() - started, render_s, encode_s)
 
@@ -161,7 +179,7 @@ def _pipeline(pending: list[tuple[int, int]], options: DatasetOptions, out: str,
         fn_constructor_kwargs={"options": options, "scaling": scaling},
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=scaling.workers),
-        num_cpus=1,
+        num_cpus=RENDER_CPUS,
         num_gpus=scaling.gpus_per_worker,
     )
     return rendered.map_batches(_encode_and_write, fn_kwargs={"out": out, "layout": layout}, batch_size=1, num_cpus=ENCODE_CPUS)
