@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -15,11 +16,11 @@ import pyarrow.dataset as pads
 import pytest
 import ray
 from PIL import Image
-from tiny import write_tiny_source
+from tiny import TINY, tiny_source, write_tiny_source
 
 from fsg_ray import cli, storage
 from fsg_ray.grids import seeded_z
-from fsg_ray.nets.checkpoints import CheckpointError
+from fsg_ray.nets.checkpoints import CheckpointError, write_checkpoint
 from fsg_ray.ray.synthesize import synthesize
 from fsg_ray.synth.manifest import JOB_FILE, MANIFEST_FILE, DatasetMismatch
 from fsg_ray.synth.options import DatasetOptions, Scaling, SynthError
@@ -136,6 +137,14 @@ def test_rerun_with_another_generator_or_options_refuses_and_names_the_differenc
     assert shard_bytes(paired_dataset) == before
 
 
+@pytest.mark.ray
+def test_cli_shows_progress_with_rate_and_eta_and_a_closing_summary(ray_cluster: str, generators: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["synthesize", "--generator", generators[0], "--count", "32", "--shard-rows", "16", "--out", str(tmp_path / "ds")]) == 0
+    captured = capsys.readouterr()
+    assert "32/32 [" in captured.err and "img/s]" in captured.err and "<" in captured.err.split("32/32 [")[1]
+    assert "32 images in 2 shards" in captured.out and "2 shards written by this run" in captured.out
+
+
 def wait_for_first_shard(out: str, driver: subprocess.Popen, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -193,6 +202,14 @@ def test_more_workers_than_the_cluster_holds_is_refused_instead_of_waiting(ray_c
     with pytest.raises(SynthError, match="workers: 4 generator actors need 5 CPU"):
         synthesize(DatasetOptions(generator="toy:faces", count=4), f"s3://{s3_bucket}/ds", Scaling(workers=4), progress=False)
     assert s3_keys(s3_bucket) == []
+
+
+def test_pairing_generators_that_take_different_z_is_refused(generators: tuple[str, str], tmp_path: Path) -> None:
+    other = tmp_path / "wide.pt"
+    write_checkpoint(str(other), tiny_source(model=replace(TINY, style_dim=32)))
+    with pytest.raises(SynthError, match="pair_with: .* takes z of 32 values"):
+        synthesize(DatasetOptions(generator=generators[0], pair_with=str(other), count=4), str(tmp_path / "ds"), progress=False)
+    assert not (tmp_path / "ds").exists()
 
 
 def test_missing_bucket_is_refused_by_name(s3_endpoint: str) -> None:
