@@ -2,15 +2,15 @@
 
 The job renders every seed inside its aligned block of 16 (fsg_ray/synth/render.py), so the baseline
 is the raw forward `G(z, noise="const")` at batch 16 with one torch thread, as a one-CPU Ray worker
-runs it. The job's steady rate leaves out Ray's start-up (actor start, generator load, the encode
-workers' first import): it is the images/s over the second half of the shards (`Summary.steady_rate`). Ratio = steady job images/s / (workers x forward images/s), the forward
-measured right before and right after each job (their mean: a shared box drifts). A second ratio
-divides by the workers' own render rate inside the job (images / render seconds per worker, the
-same minutes as the job), which isolates what the pipeline adds around the forward. The encode
-share is the encode tasks' time (PNG encoding, Parquet, write) over render plus encode time, summed
-over workers and tasks.
+runs it, measured right before and right after each job (their mean: a shared box drifts). The
+job's steady rate leaves out Ray's start-up (worker processes, actor start, generator load): after a
+warm-up job it runs N and 2N images and takes N / (t(2N) - t(N)). Ratio = steady job images/s /
+(workers x forward images/s). The render rate inside the job (images / render seconds per worker)
+shows what the actor adds around the forward (z, noise, uint8 conversion). The encode share is the
+encode tasks' time (PNG encoding, Parquet, write) over render plus encode time, summed over workers
+and tasks, from the 2N run.
 
-    python bench/synthesize.py                          # toy:faces, 2048 images, 1 and 2 workers
+    python bench/synthesize.py                          # toy:faces, N=1024, 1 and 2 workers
     python bench/synthesize.py --count 256 --workers 1  # a quicker check
 """
 
@@ -28,7 +28,7 @@ import torch
 from fsg_ray.evaluate import load_sampler
 from fsg_ray.grids import seeded_z
 from fsg_ray.ray.cluster import connect
-from fsg_ray.ray.synthesize import synthesize
+from fsg_ray.ray.synthesize import Summary, synthesize
 from fsg_ray.synth.options import DatasetOptions, Scaling
 from fsg_ray.synth.render import BLOCK, to_uint8
 from fsg_ray.synth.shards import encode_image
@@ -65,16 +65,15 @@ def encode_ms(generator: str, image_format: str) -> float:
     return 1000 * statistics.median(times)
 
 
-def job_run(generator: str, count: int, workers: int, image_format: str, root: str):
+def job_run(generator: str, count: int, workers: int, image_format: str, root: str) -> Summary:
     options = DatasetOptions(generator=generator, count=count, format=image_format, shard_rows=SHARD_ROWS)
-    out = tempfile.mkdtemp(dir=root)
-    return synthesize(options, out, Scaling(workers=workers), progress=False)
+    return synthesize(options, tempfile.mkdtemp(dir=root), Scaling(workers=workers), progress=False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--generator", default="toy:faces")
-    parser.add_argument("--count", type=int, default=2048, help="images per job (shards of 128)")
+    parser.add_argument("--count", type=int, default=1024, help="N: the job runs N and 2N images (shards of 128)")
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--format", default="png", choices=("png", "webp", "jpeg"))
     args = parser.parse_args()
@@ -84,19 +83,23 @@ def main() -> None:
     connect(min_cpus=max(int(w) for w in args.workers.split(",")) + 1)
     print(f"# {args.generator}, {args.format}, N={args.count}; {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}")
     print(f"# {args.format} encode: {encode:.2f} ms/image")
-    print(f"| workers | forward images/s (batch {BLOCK}, 1 thread, before/after) | job wall images/s (with start-up) | job steady images/s | ratio vs workers x forward | render images/s per worker in the job | ratio vs workers x render | encode share |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| workers | forward images/s (batch {BLOCK}, 1 thread, before/after) | job wall s (N / 2N) | job steady images/s "
+        "| ratio vs workers x forward | render images/s per worker in the job | encode share |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as root:
         for workers in (int(w) for w in args.workers.split(",")):
             before = forward_rate(args.generator)
-            job = job_run(args.generator, args.count, workers, args.format, root)
+            job_run(args.generator, SHARD_ROWS * workers, workers, args.format, root)  # warm-up: worker processes import once
+            single = job_run(args.generator, args.count, workers, args.format, root)
+            double = job_run(args.generator, 2 * args.count, workers, args.format, root)
             after = forward_rate(args.generator)
-            steady, forward = job.steady_rate, (before + after) / 2
-            share = job.encode_s / (job.render_s + job.encode_s)
-            render = job.images / job.render_s
+            steady = args.count / (double.wall_s - single.wall_s)
+            share = double.encode_s / (double.render_s + double.encode_s)
             print(
-                f"| {workers} | {before:.1f} / {after:.1f} | {args.count / job.wall_s:.1f} | {steady:.1f} | {steady / (workers * forward):.2f} "
-                f"| {render:.1f} | {steady / (workers * render):.2f} | {share:.0%} |"
+                f"| {workers} | {before:.1f} / {after:.1f} | {single.wall_s:.1f} / {double.wall_s:.1f} | {steady:.1f} "
+                f"| {steady / (workers * (before + after) / 2):.2f} | {double.images / double.render_s:.1f} | {share:.0%} |"
             )
 
 

@@ -44,7 +44,6 @@ class Summary:
     wall_s: float
     render_s: float  # summed over workers
     encode_s: float  # summed over encode tasks (encoding + Parquet + upload)
-    steady_rate: float | None = None  # images/s over the second half of the shards written: start-up left out
 
     def describe(self) -> str:
         kept = self.shards - self.written_shards
@@ -52,7 +51,6 @@ class Summary:
             f"{self.images} images in {self.shards} shards ({self.bytes / 2**20:.1f} MiB) at {self.out}; "
             f"{self.written_shards} shards written by this run, {kept} already complete; {self.wall_s:.1f} s "
             f"(render {self.render_s:.1f} s, encode and write {self.encode_s:.1f} s, summed over workers and tasks)"
-            + (f"; {self.steady_rate:.1f} images/s over the second half" if self.steady_rate else "")
         )
 
 
@@ -158,22 +156,18 @@ def synthesize(options: DatasetOptions, out: str, scaling: Scaling = Scaling(), 
     done_starts = {shard.start for shard in done}
     pending = [(start, end) for start, end in ranges if start not in done_starts]
 
-    written, render_s, encode_s, arrivals = [], 0.0, 0.0, []
+    written, render_s, encode_s = [], 0.0, 0.0
     with tqdm(total=options.count, initial=sum(shard.rows for shard in done), unit="img", disable=not progress, desc="synthesize") as bar:
         if pending:
             for row in _pipeline(pending, options, out, scaling, layout).iter_rows():
                 written.append(ShardRecord(**{key: row[key] for key in ("file", "start", "end", "rows", "bytes", "sha256")}))
                 render_s, encode_s = render_s + row["render_s"], encode_s + row["encode_s"]
-                arrivals.append(time.perf_counter())
                 bar.update(row["rows"])
     missing = sorted(set(ranges) - {(shard.start, shard.end) for shard in done + written})
     if missing:  # never expected: a manifest must not call a dataset with holes complete
         raise RuntimeError(f"{out}: the job ended without shards for seed ranges {missing[:5]}; rerun to write them")
     manifest = write_manifest(out, record, scaling, done + written)
-    # The first shards arrive in a burst once the encode workers have started: time the second half only.
-    half = len(arrivals) // 2
-    steady = sum(shard.rows for shard in written[half + 1 :]) / (arrivals[-1] - arrivals[half]) if len(arrivals) >= 4 else None
-    return Summary(out, manifest["images"], len(manifest["shards"]), manifest["bytes"], len(written), time.perf_counter() - started, render_s, encode_s, steady)
+    return Summary(out, manifest["images"], len(manifest["shards"]), manifest["bytes"], len(written), time.perf_counter() - started, render_s, encode_s)
 
 
 def _pipeline(pending: list[tuple[int, int]], options: DatasetOptions, out: str, scaling: Scaling, layout: ShardLayout) -> ray.data.Dataset:
