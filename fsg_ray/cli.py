@@ -135,6 +135,18 @@ def cmd_tune(args: argparse.Namespace) -> None:
     print(f"results: {storage.join(args.out, 'results.parquet')}, {storage.join(args.out, 'search.png')}, {storage.join(args.out, 'report.html')}")
 
 
+def cmd_synthesize(args: argparse.Namespace) -> None:
+    from fsg_ray.ray.synthesize import synthesize
+    from fsg_ray.synth.options import DatasetOptions, Scaling
+
+    options = DatasetOptions(
+        generator=args.generator, count=args.count, seed_start=args.seed_start, truncation=args.truncation, noise=args.noise,
+        pair_with=args.pair_with, format=args.format, size=args.size, shard_rows=args.shard_rows, with_latents=args.with_latents,
+    )  # fmt: skip
+    summary = synthesize(options, args.out, Scaling(workers=args.workers, gpus_per_worker=args.gpus_per_worker, batch=args.batch), progress=not args.quiet)
+    print(summary.describe())
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with AdaptConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. cdc.weight=500 (repeatable)")
@@ -223,6 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_scaling_flags(p, workers=2)
     p.set_defaults(func=cmd_demo)
+
+    p = verbs.add_parser("synthesize", help="render a dataset of generated images as Parquet shards (Ray Data; resumable, deterministic by seed)")
+    p.add_argument("--generator", required=True, help="checkpoint URI, run dir or toy:faces (its EMA generator; a MineGAN run through its miner)")
+    p.add_argument("--count", type=int, required=True, help="number of images: seeds seed-start .. seed-start+count-1")
+    p.add_argument("--out", required=True, help="dataset URI (local path or s3://bucket/prefix); rerun the same command to finish an interrupted job")
+    p.add_argument("--seed-start", type=int, default=0)
+    p.add_argument("--truncation", type=float, default=1.0)
+    p.add_argument("--noise", choices=("const", "seeded"), default="const", help="const: the generator's stored noise maps; seeded: per-seed maps")
+    p.add_argument("--pair-with", help="a source generator: also write its image of the same z and noise (column source_image)")
+    p.add_argument("--format", choices=("png", "webp", "jpeg"), default="png")
+    p.add_argument("--size", type=int, help="resize images to SIZE x SIZE (Lanczos); default: the generator's resolution")
+    p.add_argument("--shard-rows", type=int, default=1024, help="images per Parquet shard")
+    p.add_argument("--with-latents", action="store_true", help="also store each image's z (column z)")
+    p.add_argument("--workers", type=int, default=1, help="generator actors (Ray Data actor pool)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--batch", type=int, default=64, help="seeds a worker renders per step, a multiple of 16; images do not depend on it")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_synthesize)
     return parser
 
 
