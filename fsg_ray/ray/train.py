@@ -13,6 +13,10 @@ with another worker count continues with another global batch, and says so in th
 The run URI names the run: Ray Train's storage is its parent and the run name its last part, so
 checkpoints land at `RUN_URI/checkpoint_XXXXXX/state.pt` exactly as in a single-process run, and
 `fsg_ray.load_generator(RUN_URI)` reads either.
+
+Inputs on the driver's disk (a local `--source`, `--target` or `--resume`) reach workers on other
+nodes through Ray's object store (fsg_ray.ray.inputs); before training starts, every node is asked
+whether it can use the run's S3 URIs, so a node without credentials fails the run with one line.
 """
 
 from __future__ import annotations
@@ -33,16 +37,14 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
-from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, write_checkpoint
-from fsg_ray.ray.cluster import connect
+from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
+from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, storage_problem
 from fsg_ray.ray.collective import ProcessGroup
 from fsg_ray.ray.faults import FAULT_ENV, Fault, fault_hook
+from fsg_ray.ray.inputs import ShippedInputs, is_shippable, ship
 
 # Ray Train routes worker logging to the driver's console; a plain print would show twice there.
 log = logging.getLogger(__name__)
-# Where S3 is, not who may use it: workers on other nodes need the endpoint the driver was given.
-# Credentials are left to the nodes' own environment (instance roles, secrets), never shipped.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 @dataclass(frozen=True)
@@ -119,8 +121,14 @@ def train_worker(config: dict[str, Any]) -> None:
     """The body of every Ray Train worker."""
     spec: RunSpec = config["spec"]
     run_uri: str = config["run_uri"]
+    inputs: ShippedInputs = config["inputs"]
+    # A node that joined after the driver's check (autoscaling) is checked here, before any work.
+    if storage.is_remote(run_uri) and (problem := storage_problem(run_uri)):
+        raise NodeStorageError(problem)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    # Ray Train keys node ranks by IP, which several nodes can share: the node id says where a rank runs.
+    log.info("rank %d of %d on node %s", rank, world_size, ray.get_runtime_context().get_node_id())
     torch.set_num_threads(config["threads"])
     if ray.train.get_checkpoint() is not None:
         # A restart after a failure, or a rerun: continue from Ray's checkpoint, not the initial --resume.
@@ -131,15 +139,28 @@ def train_worker(config: dict[str, Any]) -> None:
     on_step = fault_hook(Fault.parse(config["fault"]), run_uri, rank) if config["fault"] else None
     sink = TrainReportSink(run_uri, rank, world_size)
     # The GPU Ray assigned to this worker, or the CPU.
-    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=get_device())
+    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=get_device(), locate=inputs.locate)
 
 
-def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
+def ship_inputs(spec: RunSpec) -> ShippedInputs:
+    """The spec's local inputs in Ray's object store (call on the driver, after `pin_local_inputs`)."""
+    return ship([spec.source, spec.target, spec.resume_from])
+
+
+def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling, inputs: ShippedInputs | None = None) -> TorchTrainer:
+    """A TorchTrainer of `train_worker`. `inputs` ships the spec's local files; without it they are shipped
+    from this process, so a Tune trial (which runs on any node) must get them shipped by the driver."""
     storage_path, name, filesystem = ray_storage(run_uri)
-    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    config = {
+        "spec": spec,
+        "run_uri": run_uri,
+        "inputs": ship_inputs(spec) if inputs is None else inputs,
+        "fault": os.environ.get(FAULT_ENV),
+        "threads": max(1, int(scaling.cpus_per_worker)),
+    }
     return TorchTrainer(
         train_worker,
-        train_loop_config={"spec": spec, "run_uri": run_uri, "fault": os.environ.get(FAULT_ENV), "threads": max(1, int(scaling.cpus_per_worker))},
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=scaling.resources()),
         # NCCL on GPUs, gloo on CPUs (NCCL reduces only CUDA tensors).
         torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
@@ -149,14 +170,21 @@ def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling) -> TorchTrainer:
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
-            worker_runtime_env={"env_vars": forwarded} if forwarded else None,
         ),
     )
 
 
-def _is_local_path(uri: str | None) -> bool:
-    """A path on this machine's disk, as opposed to a shipped model or toy domain (`toy:`) or an object-store URI."""
-    return uri is not None and not uri.startswith("toy:") and not storage.is_remote(uri)
+def pin_local_inputs(spec: RunSpec) -> RunSpec:
+    """Local inputs named absolutely (that is how checkpoints record them); a local run folder given as
+    source or resume point narrowed to its latest checkpoint file, the only file of it that must travel."""
+
+    def pinned(name: str | None, is_checkpoint: bool) -> str | None:
+        if not is_shippable(name):
+            return name
+        name = storage.absolute(name)
+        return resolve_checkpoint_uri(name) if is_checkpoint else name
+
+    return dataclasses.replace(spec, source=pinned(spec.source, True), target=pinned(spec.target, False), resume_from=pinned(spec.resume_from, True))
 
 
 def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Result:
@@ -164,10 +192,9 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
-    # Workers run in Ray's own working directory: relative local paths must not reach them.
-    local = {name: storage.absolute(getattr(spec, name)) for name in ("source", "target", "resume_from") if _is_local_path(getattr(spec, name))}
-    spec, run_uri = dataclasses.replace(spec, **local), storage.absolute(run_uri)
+    spec, run_uri = pin_local_inputs(spec), storage.absolute(run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
-    result = make_trainer(spec, run_uri, scaling).fit()
+    check_nodes_reach([run_uri, *(name for name in (spec.source, spec.target, spec.resume_from) if name)])
+    result = make_trainer(spec, run_uri, scaling, ship_inputs(spec)).fit()
     export_final_generator(run_uri)
     return result
