@@ -36,9 +36,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tiny import TINY, write_target_folder, write_tiny_source
 
 import fsg_ray
+from fsg_ray.adapt.run import RunSpec
+from fsg_ray.config import load_config
 from fsg_ray.data.images import load_target
 from fsg_ray.nets.checkpoints import read_checkpoint
 from fsg_ray.ray.inputs import InputTooLarge, ship
+from fsg_ray.ray.train import pin_local_inputs
 from fsg_ray.storage import ObjectNotFound
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
@@ -218,7 +221,8 @@ def test_adapt_on_two_nodes_finishes_from_its_last_checkpoint_after_the_second_n
     driver = fsg(
         "adapt", "--source", source, "--target", target, "--out", run_uri, "--workers", "2", "--max-failures", "3",
         "--method", "tgan", "--steps", "30", "--set", "checkpoint_every=5", "--set", "sample_every=30", "--quiet",
-        env={**cluster.env, "RAY_ADDRESS": cluster.address}, log=log,
+        # Every rank's placement line must reach the log: no merging of similar lines across workers.
+        env={**cluster.env, "RAY_ADDRESS": cluster.address, "RAY_DEDUP_LOGS": "0"}, log=log,
     )
     try:
         # Two checkpoints written: the first of them is committed by Ray, so a restart has one to resume from.
@@ -300,3 +304,16 @@ def test_a_local_input_too_large_to_ship_is_refused_with_the_advice_to_pass_an_s
         ship([target])
     with pytest.raises(ObjectNotFound, match="no such file or folder on the driver"):
         ship([str(tmp_path / "missing")])
+
+
+def test_a_local_run_folder_as_source_travels_as_its_latest_checkpoint_and_relative_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for step in (2, 4):
+        (tmp_path / "run" / f"checkpoint_{step:06d}").mkdir(parents=True)
+        write_tiny_source(tmp_path / "run" / f"checkpoint_{step:06d}" / "state.pt")
+    spec = RunSpec(source="run", target="shots", config=load_config(None, []), resume_from="toy:faces")
+
+    pinned = pin_local_inputs(spec)
+
+    assert pinned.source == str(tmp_path / "run" / "checkpoint_000004" / "state.pt")
+    assert pinned.target == str(tmp_path / "shots") and pinned.resume_from == "toy:faces"

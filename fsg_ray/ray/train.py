@@ -38,7 +38,7 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
-from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, storage_problem
+from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, forwarded_env, storage_problem
 from fsg_ray.ray.collective import ProcessGroup
 from fsg_ray.ray.faults import FAULT_ENV, Fault, fault_hook
 from fsg_ray.ray.inputs import ShippedInputs, is_shippable, ship
@@ -170,6 +170,8 @@ def make_trainer(spec: RunSpec, run_uri: str, scaling: Scaling, inputs: ShippedI
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
+            # Also when this process started Ray itself before the endpoint was set (tests, notebooks).
+            worker_runtime_env={"env_vars": forwarded_env()},
         ),
     )
 
