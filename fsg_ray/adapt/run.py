@@ -67,6 +67,14 @@ class DirectorySink:
         save_png(storage.join(self.run_uri, "samples", f"step_{step:06d}.png"), grid)
 
 
+def same_place(name: str | None) -> str | None:
+    """Inputs read where they are named: a one-process run, or a worker that shares the driver's disk."""
+    return name
+
+
+Locate = Callable[[str | None], str | None]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     source: str
@@ -84,9 +92,9 @@ def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> No
             raise CheckpointError(f"{where}: cannot resume, config {key} was {stored.get(key)!r}, now {wanted[key]!r}")
 
 
-def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu") -> Adaptation:
-    source = read_checkpoint(spec.source)
-    images = load_target(spec.target, model_config(source).size)
+def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu", locate: Locate = same_place) -> Adaptation:
+    source = read_checkpoint(locate(spec.source))
+    images = load_target(locate(spec.target), model_config(source).size)
     warn_if_few(images, spec.config.anchors.count)
     return new_adaptation(source, FewShotImages(images), spec.config, dist, device)
 
@@ -112,10 +120,15 @@ def run_adaptation(
     progress: bool = True,
     on_step: Callable[[Adaptation], None] | None = None,
     device: torch.device | str = "cpu",
+    locate: Locate = same_place,
 ) -> Adaptation:
-    """Train from the sink's latest checkpoint (or `resume_from`, or the start) to `config.steps`."""
-    ckpt = read_checkpoint(spec.resume_from) if spec.resume_from else sink.latest_checkpoint()  # first: an unusable sink fails fast
-    run = prepare(spec, dist, device)
+    """Train from the sink's latest checkpoint (or `resume_from`, or the start) to `config.steps`.
+
+    `locate` maps each input the spec names to where this process reads it (a Ray worker reads a copy
+    shipped from the driver, fsg_ray.ray.inputs); checkpoints keep the names the user gave.
+    """
+    ckpt = read_checkpoint(locate(spec.resume_from)) if spec.resume_from else sink.latest_checkpoint()  # first: an unusable sink fails fast
+    run = prepare(spec, dist, device, locate)
     if ckpt is not None:
         check_resumable(ckpt, spec.config, ckpt["uri"])
         run.restore(ckpt)

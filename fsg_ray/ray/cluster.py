@@ -1,13 +1,37 @@
-"""Join the Ray cluster at RAY_ADDRESS, or start a local one."""
+"""Join the Ray cluster at RAY_ADDRESS, or start a local one; check that every node reaches the run's storage.
+
+Processes on a joined cluster run in their node's environment, not the driver's: the endpoint of S3
+is forwarded to them (it says where the data is), credentials never are (each node brings its own:
+an instance role, a Kubernetes Secret, the environment of its `ray start`).
+"""
 
 from __future__ import annotations
 
 import math
 import os
 import socket
+from collections.abc import Iterable
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from fsg_ray import storage
+
+# Where S3 is, not who may use it.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
+# How S3 (AWS, MinIO, moto) says that the caller's credentials are not valid.
+REFUSALS = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "credentials")
+
+
+class NodeStorageError(storage.StorageError):
+    """A node of the cluster cannot use the run's storage; the message names the node and its environment."""
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+
 
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node
 
@@ -49,6 +73,54 @@ def connect(min_cpus: float = 1) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"])
+        # Every task and actor of this job (Train workers, Tune trials, synthesis actors) gets the endpoint.
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": forwarded_env()})
         return
     start_local(max(os.cpu_count() or 1, math.ceil(min_cpus)))
+
+
+def storage_problem(uri: str) -> str | None:
+    """None when this process can use `uri`, else one line saying why not, naming this node and its environment.
+
+    The environment is described by the names of the AWS credential variables it sets, never their values.
+    """
+    try:
+        storage.exists(uri)
+        return None
+    except Exception as exc:  # pyarrow raises OSError subclasses, storage its own errors: all are reported
+        reason = str(exc).strip().splitlines()[0].rstrip(".")
+    node = f"node {ray.util.get_node_ip_address()} (id {ray.get_runtime_context().get_node_id()[:12]})"
+    present = [k for k in CREDENTIAL_ENV if os.environ.get(k)]
+    if present and not any(word in reason for word in REFUSALS):
+        return f"{node} cannot use {uri}: {reason}"
+    has = f"sets {', '.join(present)}" if present else f"has none of {', '.join(CREDENTIAL_ENV[:2])} set"
+    return (
+        f"{node} cannot use {uri}: {reason}. That node's environment {has}: workers run in the environment "
+        f"of their node's `ray start` (on Kubernetes: the pod's Secret references), not the driver's; "
+        f"give that node valid credentials or an instance role"
+    )
+
+
+@ray.remote(num_cpus=0)
+def _storage_problem_here(uri: str) -> str | None:
+    return storage_problem(uri)
+
+
+def check_nodes_reach(uris: Iterable[str]) -> None:
+    """Ask every alive node whether it can use each object-store URI; one error listing every refusal.
+
+    Runs before any training starts, so that a node without credentials fails the run with one line
+    instead of a worker's stack of ACCESS_DENIED traces at its first checkpoint.
+    """
+    remote = [uri for uri in dict.fromkeys(uris) if storage.is_remote(uri)]
+    if not remote:
+        return
+    nodes = [node["NodeID"] for node in ray.nodes() if node["Alive"]]
+    probes = [
+        _storage_problem_here.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote(uri)
+        for node in nodes
+        for uri in remote
+    ]
+    problems = [problem for problem in ray.get(probes) if problem]
+    if problems:
+        raise NodeStorageError("\n".join(problems))

@@ -13,6 +13,10 @@ with another worker count continues with another global batch, and says so in th
 The run URI names the run: Ray Train's storage is its parent and the run name its last part, so
 checkpoints land at `RUN_URI/checkpoint_XXXXXX/state.pt` exactly as in a single-process run, and
 `fsg_ray.load_generator(RUN_URI)` reads either.
+
+Inputs on the driver's disk (a local `--source`, `--target` or `--resume`) reach workers on other
+nodes through Ray's object store (fsg_ray.ray.inputs); before training starts, every node is asked
+whether it can use the run's S3 URIs, so a node without credentials fails the run with one line.
 """
 
 from __future__ import annotations
@@ -35,16 +39,14 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
-from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, write_checkpoint
-from fsg_ray.ray.cluster import connect
+from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
+from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, forwarded_env, storage_problem
 from fsg_ray.ray.collective import ProcessGroup
 from fsg_ray.ray.faults import FAULT_ENV, Fault, fault_hook
+from fsg_ray.ray.inputs import ShippedInputs, is_shippable, ship
 
 # Ray Train routes worker logging to the driver's console; a plain print would show twice there.
 log = logging.getLogger(__name__)
-# Where S3 is, not who may use it: workers on other nodes need the endpoint the driver was given.
-# Credentials are left to the nodes' own environment (instance roles, secrets), never shipped.
-FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
 
 
 @dataclass(frozen=True)
@@ -128,8 +130,14 @@ def train_worker(config: dict[str, Any]) -> None:
     """The body of every Ray Train worker."""
     spec: RunSpec = config["spec"]
     run_uri: str = config["run_uri"]
+    inputs: ShippedInputs = config["inputs"]
+    # A node that joined after the driver's check (autoscaling) is checked here, before any work.
+    if storage.is_remote(run_uri) and (problem := storage_problem(run_uri)):
+        raise NodeStorageError(problem)
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
+    # Ray Train keys node ranks by IP, which several nodes can share: the node id says where a rank runs.
+    log.info("rank %d of %d on node %s", rank, world_size, ray.get_runtime_context().get_node_id())
     torch.set_num_threads(config["threads"])
     if ray.train.get_checkpoint() is not None:
         # A restart after a failure, or a rerun: continue from Ray's checkpoint, not the initial --resume.
@@ -143,24 +151,40 @@ def train_worker(config: dict[str, Any]) -> None:
     validation = config.get("validation")
     validate = functools.partial(validation, device=str(device)) if validation is not None else None
     sink = TrainReportSink(run_uri, rank, world_size, validate)
-    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=device)
+    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=device, locate=inputs.locate)
+
+
+def ship_inputs(spec: RunSpec) -> ShippedInputs:
+    """The spec's local inputs in Ray's object store (call on the driver, after `pin_local_inputs`)."""
+    return ship([spec.source, spec.target, spec.resume_from])
 
 
 def make_trainer(
-    spec: RunSpec, run_uri: str, scaling: Scaling, validation: Callable[..., dict[str, Any]] | None = None, callbacks: Sequence[UserCallback] = ()
+    spec: RunSpec,
+    run_uri: str,
+    scaling: Scaling,
+    inputs: ShippedInputs | None = None,
+    validation: Callable[..., dict[str, Any]] | None = None,
+    callbacks: Sequence[UserCallback] = (),
 ) -> TorchTrainer:
-    """A TorchTrainer for the run at `run_uri`; `validation(checkpoint_file, device=)` adds metrics to every report."""
+    """A TorchTrainer of `train_worker` for the run at `run_uri`.
+
+    `inputs` ships the spec's local files; without it they are shipped from this process, so a Tune
+    trial (which runs on any node) must get them shipped by the driver. `validation(checkpoint_file,
+    device=)` adds metrics to every report.
+    """
     storage_path, name, filesystem = ray_storage(run_uri)
-    forwarded = {k: os.environ[k] for k in FORWARDED_ENV if os.environ.get(k)}
+    config = {
+        "spec": spec,
+        "run_uri": run_uri,
+        "inputs": ship_inputs(spec) if inputs is None else inputs,
+        "fault": os.environ.get(FAULT_ENV),
+        "threads": max(1, int(scaling.cpus_per_worker)),
+        "validation": validation,
+    }
     return TorchTrainer(
         train_worker,
-        train_loop_config={
-            "spec": spec,
-            "run_uri": run_uri,
-            "fault": os.environ.get(FAULT_ENV),
-            "threads": max(1, int(scaling.cpus_per_worker)),
-            "validation": validation,
-        },
+        train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpus_per_worker > 0, resources_per_worker=scaling.resources()),
         # NCCL on GPUs, gloo on CPUs (NCCL reduces only CUDA tensors).
         torch_config=TorchConfig(backend="nccl" if scaling.gpus_per_worker else "gloo"),
@@ -170,21 +194,25 @@ def make_trainer(
             storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.config.keep_checkpoints),
-            worker_runtime_env={"env_vars": forwarded} if forwarded else None,
+            # Also when this process started Ray itself before the endpoint was set (tests, notebooks).
+            worker_runtime_env={"env_vars": forwarded_env()},
             callbacks=list(callbacks),
         ),
     )
 
 
-def _is_local_path(uri: str | None) -> bool:
-    """A path on this machine's disk, as opposed to a shipped model or toy domain (`toy:`) or an object-store URI."""
-    return uri is not None and not uri.startswith("toy:") and not storage.is_remote(uri)
+def pin_local_inputs(spec: RunSpec) -> RunSpec:
+    """Local inputs named absolutely (that is how checkpoints record them); a local run folder given as
+    source or resume point narrowed to its latest checkpoint file, the only file of it that must travel."""
 
+    def pinned(name: str | None, is_checkpoint: bool) -> str | None:
+        if not is_shippable(name):
+            return name
+        name = storage.absolute(name)
+        return resolve_checkpoint_uri(name) if is_checkpoint else name
 
-def with_absolute_paths(spec: RunSpec) -> RunSpec:
-    """Workers run in Ray's own working directory: relative local paths must not reach them."""
-    local = {name: storage.absolute(getattr(spec, name)) for name in ("source", "target", "resume_from") if _is_local_path(getattr(spec, name))}
-    return dataclasses.replace(spec, **local)
+    return dataclasses.replace(spec, source=pinned(spec.source, True), target=pinned(spec.target, False), resume_from=pinned(spec.resume_from, True))
+
 
 
 def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Result:
@@ -192,8 +220,9 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
-    spec, run_uri = with_absolute_paths(spec), storage.absolute(run_uri)
+    spec, run_uri = pin_local_inputs(spec), storage.absolute(run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
-    result = make_trainer(spec, run_uri, scaling).fit()
+    check_nodes_reach([run_uri, *(name for name in (spec.source, spec.target, spec.resume_from) if name)])
+    result = make_trainer(spec, run_uri, scaling, ship_inputs(spec)).fit()
     export_final_generator(run_uri)
     return result

@@ -29,7 +29,8 @@ from fsg_ray.adapt.run import EXPORT_FILE, RunSpec, export_final_generator
 from fsg_ray.config import ConfigError
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.cluster import connect
-from fsg_ray.ray.train import Scaling, make_trainer, ray_storage, with_absolute_paths
+from fsg_ray.ray.inputs import ShippedInputs
+from fsg_ray.ray.train import Scaling, make_trainer, pin_local_inputs, ray_storage, ship_inputs
 from fsg_ray.search_config import SearchConfig, Space, first_difference
 from fsg_ray.search_report import SearchSummary, write_search_outputs
 from fsg_ray.validation import Validation, reported_key
@@ -67,17 +68,17 @@ def validation_of(search: SearchConfig) -> Validation:
     return Validation(search.validation, search.source, search.eval.metrics, search.eval.n_generated)
 
 
-def run_trial(params: dict[str, Any], search: SearchConfig, run_uri: str) -> None:
+def run_trial(params: dict[str, Any], search: SearchConfig, run_uri: str, inputs: ShippedInputs) -> None:
     """One trial: a TorchTrainer run of the adaptation loop at RUN_URI/trials/<trial_id>, then its generator.pt."""
     uri = trial_uri(run_uri, tune.get_context().get_trial_id())
     spec = RunSpec(search.source, search.target, search.trial_config(params))
-    make_trainer(spec, uri, scaling(search), validation_of(search), callbacks=[TuneReportCallback()]).fit()
+    make_trainer(spec, uri, scaling(search), inputs, validation_of(search), callbacks=[TuneReportCallback()]).fit()
     export_final_generator(uri)
 
 
 def with_absolute_uris(search: SearchConfig) -> SearchConfig:
     """Local paths made absolute: trials run in Ray's working directory, maybe on another node."""
-    spec = with_absolute_paths(RunSpec(search.source, search.target, search.base))
+    spec = pin_local_inputs(RunSpec(search.source, search.target, search.base))
     validation = search.eval.validation
     if validation is not None and not validation.startswith("toy:"):
         validation = storage.absolute(validation)
@@ -120,9 +121,12 @@ def experiment_path(run_uri: str) -> tuple[str, pafs.FileSystem | None]:
     return posixpath.join(storage_path, name), filesystem
 
 
-def tuner(search: SearchConfig, run_uri: str, metric: str) -> tune.Tuner:
-    """A new Tuner for the search, or the one restored from RUN_URI/tune when an earlier driver left it there."""
-    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search, run_uri=run_uri), {"cpu": TRIAL_DRIVER_CPUS})
+def tuner(search: SearchConfig, run_uri: str, metric: str, inputs: ShippedInputs) -> tune.Tuner:
+    """A new Tuner for the search, or the one restored from RUN_URI/tune when an earlier driver left it there.
+
+    `inputs`: the search's local source and target, shipped by this driver (trials may run on any node).
+    """
+    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search, run_uri=run_uri, inputs=inputs), {"cpu": TRIAL_DRIVER_CPUS})
     experiment, filesystem = experiment_path(run_uri)
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         log.info("resuming the search in %s", storage.join(run_uri, TUNE_DIR))
@@ -190,7 +194,8 @@ def run_search(search: SearchConfig, run_uri: str) -> SearchSummary:
     t = search.trial
     connect(min_cpus=math.ceil(search.max_concurrent_trials * (t.workers * t.cpus_per_worker + TRIAL_DRIVER_CPUS)))
     metric = reported_key(search.metric.name)
-    grid = tuner(search, run_uri, metric).fit()
+    inputs = ship_inputs(RunSpec(search.source, search.target, search.base))
+    grid = tuner(search, run_uri, metric, inputs).fit()
     frame = results_frame(grid, search, run_uri)
     if frame.empty:
         raise RuntimeError(f"no trial of {run_uri} reported a result; errors: {[str(e) for e in grid.errors]}")

@@ -1,0 +1,319 @@
+"""A real two-node Ray cluster on one machine: `fsg adapt --workers 2` across nodes survives losing a node.
+
+The nodes are separate `ray start` processes with their own temp dirs, bound to the loopback
+address 127.0.0.2. Not 127.0.0.1: Ray 2.60 rewrites 127.0.0.1 and localhost in an address to the
+machine's interface address, where nothing listens, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which
+stops that rewrite) makes `ray start --address` refuse to add a node. Any other address of the
+loopback range is left alone, so every process here, nodes and drivers, talks over loopback only.
+Everything the tests start is stopped by process id: each node is the process tree of its
+`ray start --block`; `ray stop` would also stop other people's clusters on the machine.
+
+The session's moto server lets anyone in, so the missing-credential case runs against a second moto
+server that checks credentials the way S3 does (IAM users and keys created in it); the nodes hold
+that server's valid keys, which the session's server accepts as it accepts any.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import psutil
+import pytest
+import ray
+import ray.cloudpickle
+import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from tiny import TINY, write_target_folder, write_tiny_source
+
+import fsg_ray
+from fsg_ray.adapt.run import RunSpec
+from fsg_ray.config import load_config
+from fsg_ray.data.images import load_target
+from fsg_ray.nets.checkpoints import read_checkpoint
+from fsg_ray.ray.inputs import InputTooLarge, ship
+from fsg_ray.ray.train import pin_local_inputs
+from fsg_ray.storage import ObjectNotFound
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
+
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+LOOPBACK = "127.0.0.2"
+RAY = str(Path(sys.executable).with_name("ray"))
+NO_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+
+AUTH_BUCKET = "fsg-auth"
+
+
+TAKEN: set[int] = set()
+
+
+def free_port() -> int:
+    """A port nothing listens on, never the same twice: the OS may hand out a port again until it is bound."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((LOOPBACK, 0))
+            port = sock.getsockname()[1]
+        if port not in TAKEN:
+            TAKEN.add(port)
+            return port
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+class Node:
+    """One `ray start --block` and every process it spawned (raylet, agents, workers)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with open(log, "w") as out:
+            self.process = subprocess.Popen([RAY, "start", "--block", *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.process.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill(self) -> list[int]:
+        """SIGKILL the whole tree at once, as when a machine dies; the pids that were killed."""
+        processes = self.processes()
+        for process in processes:
+            try:
+                process.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(processes, timeout=20)
+        self.process.wait(timeout=20)
+        return [p.pid for p in processes]
+
+
+class LoopbackCluster:
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root, self.env, self.nodes = root, env, []
+        self.address = f"{LOOPBACK}:{free_port()}"
+
+    def node_args(self, name: str, cpus: int) -> list[str]:
+        ports = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
+        return [
+            f"--node-ip-address={LOOPBACK}",
+            f"--temp-dir={self.root / name}",
+            f"--num-cpus={cpus}",
+            "--object-store-memory=300000000",
+            "--disable-usage-stats",
+            *(f"--{port}={free_port()}" for port in ports),
+        ]
+
+    def start_head(self) -> Node:
+        port = int(self.address.rsplit(":", 1)[1])
+        args = ["--head", f"--port={port}", f"--ray-client-server-port={free_port()}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={free_port()}"]
+        head = self._start("head", [*args, *self.node_args("head", 1)], self.env)
+        wait_for(lambda: listening(port) or head.process.poll() is not None, "the head's GCS", timeout=60)
+        assert head.process.poll() is None, f"ray start --head exited:\n{(self.root / 'head.log').read_text()[-3000:]}"
+        return head
+
+    def add_node(self, name: str, cpus: int = 1, env: dict[str, str] | None = None) -> Node:
+        return self._start(name, [f"--address={self.address}", *self.node_args(name, cpus)], env or self.env)
+
+    def _start(self, name: str, args: list[str], env: dict[str, str]) -> Node:
+        node = Node(args, env, self.root / f"{name}.log")
+        self.nodes.append(node)
+        return node
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.kill()
+
+
+def alive_nodes() -> dict[str, str]:
+    """node id -> raylet socket (which lies under the node's temp dir) of every alive node."""
+    return {n["NodeID"]: n["RayletSocketName"] for n in ray.nodes() if n["Alive"]}
+
+
+def wait_for(condition, what: str, timeout: float = 90):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := condition():
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def node_id_of(temp_dir: Path) -> str:
+    return wait_for(lambda: next((i for i, socket in alive_nodes().items() if socket.startswith(f"{temp_dir}/")), None), f"the node in {temp_dir} to join")
+
+
+@pytest.fixture(scope="module")
+def checking_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """(endpoint, credentials) of a moto server that refuses requests without valid credentials."""
+    port = free_port()
+    endpoint = f"http://{LOOPBACK}:{port}"
+    # The first four requests set up a user, its key, its policy and the bucket; every later one is checked.
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    with open(tmp_path_factory.mktemp("moto-auth") / "server.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # Wait on the socket, not with a request: requests are counted.
+        wait_for(lambda: listening(port) or server.poll() is not None, "the checking moto server", timeout=30)
+        iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup", aws_secret_access_key="setup")
+        iam.create_user(UserName="fsg")
+        key = iam.create_access_key(UserName="fsg")["AccessKey"]
+        allow_s3 = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
+        iam.put_user_policy(UserName="fsg", PolicyName="s3", PolicyDocument=json.dumps(allow_s3))
+        credentials = {"AWS_ACCESS_KEY_ID": key["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **{k.lower(): v for k, v in credentials.items()}).create_bucket(Bucket=AUTH_BUCKET)
+        yield endpoint, credentials
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3_endpoint: str, checking_s3: tuple[str, dict[str, str]]) -> Iterator[LoopbackCluster]:
+    """Head and a second node, both with the S3 endpoint and credentials in their environment."""
+    root = Path(tempfile.mkdtemp(prefix="fsg-mn-"))  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **checking_s3[1]}
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
+    cluster = LoopbackCluster(root, env)
+    try:
+        cluster.start_head()
+        cluster.add_node("second")
+        ray.init(address=cluster.address)
+        for name in ("head", "second"):
+            node_id_of(root / name)
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def fsg(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "fsg_ray.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def s3_keys(endpoint: str, bucket: str, prefix: str, credentials: dict[str, str] | None = None) -> set[str]:
+    keys = {k.lower(): v for k, v in (credentials or {}).items()}
+    listed = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return {item["Key"] for item in listed.get("Contents", [])}
+
+
+def test_adapt_on_two_nodes_finishes_from_its_last_checkpoint_after_the_second_node_is_killed(cluster, s3_endpoint, s3_bucket, tmp_path):
+    source, target = write_tiny_source(tmp_path / "source.pt"), write_target_folder(tmp_path / "target")
+    run_uri = f"s3://{s3_bucket}/runs/two-nodes"
+    log = tmp_path / "adapt.log"
+    head_id, second_id = node_id_of(cluster.root / "head"), node_id_of(cluster.root / "second")
+    driver = fsg(
+        "adapt", "--source", source, "--target", target, "--out", run_uri, "--workers", "2", "--max-failures", "3",
+        "--method", "tgan", "--steps", "20", "--set", "checkpoint_every=5", "--set", "sample_every=30", "--quiet",
+        # Every rank's placement line must reach the log: no merging of similar lines across workers.
+        env={**cluster.env, "RAY_ADDRESS": cluster.address, "RAY_DEDUP_LOGS": "0"}, log=log,
+    )
+    try:
+        # Two checkpoints written: the first of them is committed by Ray, so a restart has one to resume from.
+        wait_for(lambda: "runs/two-nodes/checkpoint_000010/state.pt" in s3_keys(s3_endpoint, s3_bucket, "runs/"), "checkpoint 10 on S3", timeout=150)
+        second = cluster.nodes[1]
+        killed = second.kill()
+        assert killed and not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in killed)
+        cluster.add_node("second-again")
+        again_id = node_id_of(cluster.root / "second-again")
+        assert driver.wait(timeout=200) == 0, log.read_text()[-4000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    output = log.read_text()
+
+    placements = re.findall(r"rank (\d) of 2 on node ([0-9a-f]+)", output)
+    first, last = dict(placements[:2]), dict(placements[-2:])
+    assert set(first.values()) == {head_id, second_id}, output[-4000:]
+    assert set(last.values()) == {head_id, again_id}, output[-4000:]
+    resumed = re.search(r"resumed from checkpoint_(\d+) at step (\d+)", output)
+    assert resumed and int(resumed[1]) == int(resumed[2]) >= 5, output[-4000:]
+    final = read_checkpoint(f"{run_uri}/checkpoint_000020/state.pt")
+    assert final["step"] == 20 and final["workers"] == 2
+    generator = fsg_ray.load_generator(f"{run_uri}/generator.pt")
+    assert all(torch.equal(v, final["g_ema"][k]) for k, v in generator.state_dict().items())
+
+
+def read_on_node(inputs, source: str, target: str) -> tuple[str, str, float, torch.Tensor]:
+    local_source, local_target = inputs.locate(source), inputs.locate(target)
+    weights = sum(float(v.double().sum()) for v in read_checkpoint(local_source)["g_ema"].values())
+    return local_source, local_target, weights, load_target(local_target, TINY.size)
+
+
+def test_a_local_source_file_and_target_folder_reach_a_worker_on_another_node_through_ray(cluster, tmp_path):
+    source, target = write_tiny_source(tmp_path / "source.pt"), write_target_folder(tmp_path / "target")
+    expected = read_on_node(ship([]), source, target)
+    inputs = ship([source, target, "toy:faces"])
+    os.remove(source)
+    shutil.rmtree(target)  # from here on only Ray's object store holds them
+
+    # The driver's node holds the shipped bytes; a task on another node must fetch them through Ray.
+    elsewhere = next(i for i in alive_nodes() if i != node_id_of(cluster.root / "head"))
+    task = ray.remote(num_cpus=0)(read_on_node).options(scheduling_strategy=NodeAffinitySchedulingStrategy(elsewhere, soft=False))
+    local_source, local_target, weights, images = ray.get(task.remote(inputs, source, target))
+
+    assert sorted(inputs.files) == sorted([source, target])
+    assert local_source != source and local_target != target
+    assert weights == expected[2]
+    assert torch.equal(images, expected[3])
+
+
+def test_a_node_without_credentials_fails_the_run_with_one_error_naming_that_node(cluster, checking_s3, tmp_path):
+    endpoint, _ = checking_s3
+    bare = {k: v for k, v in cluster.env.items() if k not in NO_CREDENTIALS}
+    bare["AWS_EC2_METADATA_DISABLED"] = "true"  # no instance-metadata lookup: loopback only
+    node = cluster.add_node("no-credentials", cpus=0, env=bare)
+    try:
+        bare_id = node_id_of(cluster.root / "no-credentials")
+        log = tmp_path / "adapt.log"
+        driver = fsg(
+            "adapt", "--source", "toy:faces", "--target", "toy:sketch", "--out", f"s3://{AUTH_BUCKET}/runs/refused", "--workers", "2", "--steps", "2",
+            env={**cluster.env, "RAY_ADDRESS": cluster.address, "AWS_ENDPOINT_URL_S3": endpoint, "AWS_ENDPOINT_URL": endpoint}, log=log,
+        )
+        assert driver.wait(timeout=120) == 2
+    finally:
+        node.kill()
+    output = log.read_text()
+    errors = [line for line in output.splitlines() if line.startswith("fsg adapt: error:")]
+    assert len(errors) == 1 and bare_id[:12] in errors[0], output[-3000:]
+    assert "has none of AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY set" in errors[0]
+    assert "Traceback" not in output and output.count("cannot use s3://") == 1
+    assert not s3_keys(endpoint, AUTH_BUCKET, "runs/", checking_s3[1]), "nothing may be written before the check"
+
+
+def test_a_local_input_too_large_to_ship_is_refused_with_the_advice_to_pass_an_s3_uri(cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr("fsg_ray.ray.inputs.MAX_SHIPPED_BYTES", 1000)
+    target = write_target_folder(tmp_path / "target")
+    with pytest.raises(InputTooLarge, match=rf"{re.escape(target)}: .* GiB is too much .* pass its s3:// URI instead"):
+        ship([target])
+    with pytest.raises(ObjectNotFound, match="no such file or folder on the driver"):
+        ship([str(tmp_path / "missing")])
+
+
+def test_a_local_run_folder_as_source_travels_as_its_latest_checkpoint_and_relative_paths_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for step in (2, 4):
+        (tmp_path / "run" / f"checkpoint_{step:06d}").mkdir(parents=True)
+        write_tiny_source(tmp_path / "run" / f"checkpoint_{step:06d}" / "state.pt")
+    spec = RunSpec(source="run", target="shots", config=load_config(None, []), resume_from="toy:faces")
+
+    pinned = pin_local_inputs(spec)
+
+    assert pinned.source == str(tmp_path / "run" / "checkpoint_000004" / "state.pt")
+    assert pinned.target == str(tmp_path / "shots") and pinned.resume_from == "toy:faces"
