@@ -112,6 +112,13 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"wrote {storage.join(args.out, 'metrics.json')} and {storage.join(args.out, 'report.html')} in {result.elapsed_s:.0f} s")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from fsg_ray.serve.launch import run_server
+    from fsg_ray.serve.settings import load_settings
+
+    run_server(load_settings(args.config, models=args.models), args.host, args.port, args.address)
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with AdaptConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. cdc.weight=500 (repeatable)")
@@ -190,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_scaling_flags(p, workers=2)
     p.set_defaults(func=cmd_demo)
+
+    p = verbs.add_parser("serve", help="the HTTP endpoint on Ray Serve: batched generators from a model root, a gallery at /")
+    p.add_argument("--models", help="model root: each run under it is a model named by its directory (s3://bucket/runs/ or a path)")
+    p.add_argument("--config", help="YAML with ServeSettings fields (model_uris, limits, api_keys_file, batch, ...); see deploy/serve.yaml")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
+import json
+import os
 import re
 import socket
 import time
@@ -20,6 +23,7 @@ import ray
 import requests
 from PIL import Image
 from ray import serve
+from cdp import Chromium, find_browser
 from serve_fixtures import TINY_RUNS, write_model_root
 
 from fsg_ray.cli import main as fsg
@@ -29,6 +33,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
 TOKEN = "test-token-" + uuid.uuid4().hex
 MODELS_PER_REPLICA = 2
+SCREENSHOT_ENV = "FSG_GALLERY_SCREENSHOT"  # also write the gallery screenshot there (the README image)
 
 
 def free_port() -> int:
@@ -246,3 +251,113 @@ def test_missing_or_wrong_tokens_get_401_and_health_stays_open(server: Server) -
     assert server.get("/healthz", token=None).json() == {"status": "ok"}
     ready = server.get("/readyz", token=None)
     assert ready.status_code == 200 and ready.json()["models"] == len(TINY_RUNS) + 3
+
+
+def hostile_requests() -> list[tuple[str, str, bytes | None, dict[str, str]]]:
+    """(method, raw path, body, headers): bad JSON, wrong types, huge counts, bad seeds, traversal ids, big bodies, bad tokens."""
+    bodies = [
+        b"{", b"[]", b"null", b'"seeds"', b"{'seeds': [1]}", b'{"seeds": }', b"\xff\xfe\x00garbage", b"[" * 2000 + b"]" * 2000,
+        b'{"seeds": "abc"}', b'{"seeds": [1.5]}', b'{"seeds": [true]}', b'{"seeds": [[1]]}', b'{"seeds": {}}', b'{"seeds": ["1"]}',
+        b'{"count": "3"}', b'{"count": 3.0}', b'{"count": 0}', b'{"count": -4}', b'{"count": 1000000}', b'{"count": 1' + b"0" * 40 + b"}",
+        b'{"seeds": [' + b",".join(b"%d" % i for i in range(65)) + b"]}", b'{"seeds": []}', b'{"seeds": [1], "count": 2}', b"{}",
+        b'{"seeds": [-1]}', b'{"seeds": [4294967296]}', b'{"seeds": [1' + b"0" * 30 + b"]}", b'{"count": 2, "start": -5}',
+        b'{"count": 2, "start": 4294967295}', b'{"seeds": [1], "truncation": -0.1}', b'{"seeds": [1], "truncation": 2.5}',
+        b'{"seeds": [1], "truncation": "0.5"}', b'{"seeds": [1], "truncation": 1e999}', b'{"seeds": [1], "truncation": NaN}',
+        b'{"seeds": [1], "noise": "random"}', b'{"seeds": [1], "noise": 5}', b'{"seeds": [1], "format": "gif"}',
+        b'{"seeds": [1], "format": "raw", "size": 64}', b'{"seeds": [1], "size": 4}', b'{"seeds": [1], "size": 5000}',
+        b'{"seeds": [1], "size": "big"}', b'{"seeds": [1], "columns": 0}', b'{"seeds": [1], "columns": 1000}',
+        b'{"seeds": [1], "extra": 1}', b'{"seeds": [1], "__proto__": {}}',
+    ]
+    token = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    cases = [("POST", f"/v1/models/{model}/generate", body, token) for body in bodies for model in ("m0", "faces")]
+    cases.append(("POST", "/v1/models/m0/generate", b'{"seeds": [1], "format": "jpeg"}', {**token, "Accept": "image/png"}))
+    cases += [("POST", "/v1/models/m0/generate", b'{"seeds": [' + b"1," * n + b"1]}", token) for n in (3000, 100_000)]
+    ids = [
+        "..", "...", ".", "%2e%2e", "%2E%2E", "..%2f..%2fetc", "..%5c..%5cwindows", "%252e%252e", "m0%00", "m0%2f..", ".hidden",
+        "m0.pt", "-m0", "_x", "a" * 65, "m%C3%B6", "m0%20", "%20", "m0;rm", "m0'", "~root", "%2F", "m0%0d%0aX-Header:1",
+        "nope", "m5", "M0", "CON", "runs", "sources",
+    ]
+    for model_id in ids:
+        for suffix in ("", "/images/1.png", "/pairs/1.png"):
+            cases.append(("GET", f"/v1/models/{model_id}{suffix}", None, token))
+        cases.append(("POST", f"/v1/models/{model_id}/generate", b'{"seeds": [1]}', token))
+    for seed in ("-1", "4294967296", "99999999999999999999999", "1e3", "abc", "", "1.5", "0x10", "%2e%2e"):
+        cases += [("GET", f"/v1/models/m0/{kind}/{seed}.png", None, token) for kind in ("images", "pairs")]
+    for query in ("truncation=-1", "truncation=3", "truncation=nan", "truncation=inf", "truncation=abc", "truncation="):
+        cases.append(("GET", f"/v1/models/m0/images/1.png?{query}", None, token))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer"}, {"Authorization": f"Basic {TOKEN}"}, {"Authorization": TOKEN}):
+        cases += [("GET", "/v1/models", None, headers), ("GET", "/v1/models/m0/images/1.png", None, headers)]
+        cases.append(("POST", "/v1/models/m0/generate", b'{"seeds": [1]}', {**headers, "Content-Type": "application/json"}))
+    cases += [("DELETE", "/v1/models/m0", None, token), ("GET", "/v1/models/m0/generate", None, token), ("GET", "/admin", None, token)]
+    cases.append(("POST", "/v1/models/m0/generate", b"x" * (1 << 20), token))
+    return cases
+
+
+def raw_request(server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, bytes]:
+    """http.client sends the path as written: no normalisation of dots or re-encoding."""
+    host, port = server.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        answer = connection.getresponse()
+        return answer.status, answer.read()
+    finally:
+        connection.close()
+
+
+def test_hostile_requests_get_4xx_json_naming_the_problem_and_never_restart_a_replica(server: Server) -> None:
+    replicas = replica_actors()
+    cases = hostile_requests()
+    assert len(cases) >= 200
+    failures = []
+    for method, path, body, headers in cases:
+        status, content = raw_request(server, method, path, body, headers)
+        try:
+            message = json.loads(content)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = ""
+        if not (400 <= status < 500 and message):
+            failures.append(f"{method} {path[:60]} {body[:40] if body else ''!r}: {status} {content[:200]!r}")
+    assert not failures, f"{len(failures)} of {len(cases)}:\n" + "\n".join(failures[:20])
+    assert replica_actors() == replicas
+    assert server.get("/v1/models/m0/images/1.png").status_code == 200
+
+
+def test_a_body_without_content_length_is_refused(server: Server) -> None:
+    chunks = iter([b'{"seeds": ', b"[1]}"])
+    answer = requests.post(server.url + "/v1/models/m0/generate", data=chunks, headers=auth(TOKEN), timeout=30)
+    assert answer.status_code == 411 and answer.json()["error"]["field"] == "content-length"
+
+
+# --- the gallery in a real headless Chromium ------------------------------------------------------
+
+
+def test_gallery_loads_pairs_and_the_truncation_slider_redraws_them(server: Server, tmp_path: Path) -> None:
+    if find_browser() is None:
+        pytest.fail("no chromium on PATH: `make browser` installs Debian's chromium")
+    browser = Chromium(tmp_path / "profile")
+    try:
+        browser.navigate(server.url + "/?model=faces", before_load=f"sessionStorage.setItem('fsg-token', {json.dumps(TOKEN)})")
+        loaded = "(() => { const imgs = [...document.querySelectorAll('#grid img')]; return imgs.length === {n} && imgs.every(i => i.dataset.state === 'loaded' && i.complete && i.naturalWidth > 0 && i.dataset.truncation === '{t}'); })()"
+        browser.wait_for(loaded.replace("{n}", "12").replace("{t}", "1"))
+        sizes = browser.evaluate("[...document.querySelectorAll('#grid img')].map(i => [i.naturalWidth, i.naturalHeight])")
+        assert sizes == [[68, 134]] * 12, "each tile: the source sample above the adapted one"
+        pixels = "[...document.querySelectorAll('#grid img')].slice(0, 3).map(i => { const c = document.createElement('canvas'); c.width = i.naturalWidth; c.height = i.naturalHeight; const x = c.getContext('2d'); x.drawImage(i, 0, 0); return c.toDataURL(); })"
+        before = browser.evaluate(pixels)
+        browser.evaluate("(() => { const s = document.getElementById('truncation'); s.value = '0.5'; s.dispatchEvent(new Event('input')); s.dispatchEvent(new Event('change')); })()")
+        browser.wait_for(loaded.replace("{n}", "12").replace("{t}", "0.5"))
+        after = browser.evaluate(pixels)
+        assert all(a != b for a, b in zip(before, after)), "truncation 0.5 redraws every image"
+        browser.evaluate("document.getElementById('more').click()")
+        browser.wait_for(loaded.replace("{n}", "24").replace("{t}", "0.5"))
+        browser.evaluate("document.querySelector('#grid img').click()")
+        assert browser.evaluate("document.getElementById('lightbox').classList.contains('open')")
+        assert browser.evaluate("document.querySelector('#grid a.download').href.startsWith('blob:')")
+        browser.evaluate("document.getElementById('lightbox').click()")
+        assert browser.errors == []
+        screenshot = browser.screenshot()
+        assert Image.open(io.BytesIO(screenshot)).size == (1280, 900)
+        if os.environ.get(SCREENSHOT_ENV):
+            Path(os.environ[SCREENSHOT_ENV]).write_bytes(screenshot)
+    finally:
+        browser.close()

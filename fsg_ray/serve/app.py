@@ -94,7 +94,7 @@ def wants_grid(request: Request) -> bool:
 
 
 def create_api(gateway: Gateway) -> FastAPI:
-    api = FastAPI(title="fsg-ray generators", version="1", description="Adapted StyleGAN2 generators, batched on Ray Serve.")
+    api = FastAPI(title="fsg-ray generators", version="1", description="Adapted StyleGAN2 generators, batched on Ray Serve.", redirect_slashes=False)
     install_error_handlers(api)
     limits = gateway.limits
 
@@ -169,8 +169,12 @@ def create_api(gateway: Gateway) -> FastAPI:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """Serve `args` (the ServeSettings fields) -> the bound application. Nothing runs until Serve deploys it."""
-    settings = settings_from_dict(dict(args))
+    """Serve `args` (the ServeSettings fields) -> the bound application: the import path of deploy/serve.yaml."""
+    return application(settings_from_dict(dict(args)))
+
+
+def application(settings: ServeSettings) -> serve.Application:
+    """Only binds; nothing runs until Serve deploys it. A Serve config file's `deployments` override these options."""
     generator = Generator.options(
         num_replicas=settings.generator_replicas,
         ray_actor_options={"num_cpus": 1, "num_gpus": settings.gpus_per_replica},
