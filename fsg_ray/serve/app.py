@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from fsg_ray.serve.auth import authorized, load_api_keys
 from fsg_ray.serve.errors import ApiError, error_response, install_error_handlers
-from fsg_ray.serve.generator import Generator
+from fsg_ray.serve.generator import GeneratorDeployment
 from fsg_ray.serve.models import ModelLoadError, SourceUnavailable
 from fsg_ray.serve.registry import MalformedModelId, ModelRegistry, UnknownModel, check_model_id
 from fsg_ray.serve.rendering import IMAGE_FORMATS
 from fsg_ray.serve.schemas import check_seed, check_truncation, job_of, parse_body
-from fsg_ray.serve.settings import ServeSettings, settings_from_dict
+from fsg_ray.serve.settings import BatchSettings, ServeSettings, settings_from_dict
 
 GALLERY = Path(__file__).parent / "static" / "gallery.html"
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
@@ -175,12 +176,14 @@ def build_app(args: dict[str, Any]) -> serve.Application:
 
 def application(settings: ServeSettings) -> serve.Application:
     """Only binds; nothing runs until Serve deploys it. A Serve config file's `deployments` override these options."""
-    generator = Generator.options(
+    generator = GeneratorDeployment.options(
         num_replicas=settings.generator_replicas,
         ray_actor_options={"num_cpus": 1, "num_gpus": settings.gpus_per_replica},
         user_config={"max_batch_size": settings.batch.max_batch_size, "batch_wait_timeout_s": settings.batch.batch_wait_timeout_s},
     )
-    return GatewayDeployment.bind(generator.bind(settings), settings)
+    # Batching travels only in user_config: a change reconfigures the replicas instead of restarting them.
+    unbatched = replace(settings, batch=BatchSettings())
+    return GatewayDeployment.bind(generator.bind(unbatched), unbatched)
 
 
 GatewayDeployment = serve.deployment(

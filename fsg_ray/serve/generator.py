@@ -32,7 +32,7 @@ def chunks(job: Job, size: int) -> list[Job]:
 
 
 @serve.deployment(name="Generator", ray_actor_options={"num_cpus": 1}, max_ongoing_requests=32, max_queued_requests=64)
-class Generator:
+class GeneratorDeployment:
     def __init__(self, settings: ServeSettings):
         self.registry = ModelRegistry(settings.models, settings.model_uris, settings.listing_ttl_s)
         self.failed_load_ttl_s = settings.failed_load_ttl_s
