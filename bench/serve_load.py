@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import re
 import socket
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,7 @@ def free_port() -> int:
 
 @dataclass(frozen=True)
 class Row:
-    batching: bool
+    mode: str
     clients: int
     images_per_request: int
     requests: int
@@ -140,8 +139,12 @@ def main() -> None:
     rendered = 0  # images through the batched path so far: the histogram's sum once reported
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-        for batching in (True, False):
-            batch = {"max_batch_size": args.max_batch_size if batching else 1, "batch_wait_timeout_s": args.batch_wait_ms / 1000 if batching else 0.0}
+        modes = {
+            f"on, wait {args.batch_wait_ms:g} ms": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": args.batch_wait_ms / 1000},
+            "on, no wait": {"max_batch_size": args.max_batch_size, "batch_wait_timeout_s": 0.0},  # batches of what queued during the last forward
+            "off": {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+        }
+        for mode, batch in modes.items():
             app_args = {"model_uris": {"bench": args.model_uri}, "gpus_per_replica": args.gpus_per_replica, "batch": batch,
                         "limits": {"max_images_per_request": max(sizes), "request_timeout_s": 300}}
             serve.run(build_app(app_args), name="fsg", route_prefix="/")
@@ -153,8 +156,8 @@ def main() -> None:
                     latencies, wall, errors = run_load(url, "bench", c, n, args.requests)
                     rendered += (args.requests - errors) * n
                     mean_batch = (args.requests - errors) * n / max(forwards_after(metrics_url, rendered) - forwards_before, 1)
-                    rows.append(Row(batching, c, n, args.requests, latencies, wall, errors, mean_batch))
-                    print(f"batching={batching} clients={c} images/request={n}: {rows[-1].images_per_s:.1f} images/s", flush=True)
+                    rows.append(Row(mode, c, n, args.requests, latencies, wall, errors, mean_batch))
+                    print(f"batching {mode}, clients={c} images/request={n}: {rows[-1].images_per_s:.1f} images/s", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -170,15 +173,17 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         b = r.clients * r.images_per_request
-        print(f"| {'on' if r.batching else 'off'} | {r.clients} | {r.images_per_request} | {r.percentile(50):.0f} | {r.percentile(95):.0f} | {r.percentile(99):.0f} | "
+        print(f"| {r.mode} | {r.clients} | {r.images_per_request} | {r.percentile(50):.0f} | {r.percentile(95):.0f} | {r.percentile(99):.0f} | "
               f"{r.images_per_s:.1f} | {r.errors} | {r.mean_batch:.1f} | {raw[b, False]:.1f} (B={b}) | {raw[b, True]:.1f} | {r.images_per_s / raw[b, True]:.2f} |")
-    for n in sizes:
-        lone = next(r for r in rows if r.batching and r.clients == min(clients) and r.images_per_request == n)
-        for c in clients:
-            on = next(r for r in rows if r.batching and r.clients == c and r.images_per_request == n)
-            off = next(r for r in rows if not r.batching and r.clients == c and r.images_per_request == n)
-            print(f"images/request {n}, {c} clients: batching on/off images/s {on.images_per_s / off.images_per_s:.2f}x; "
-                  f"p99 / lone-request p99 ({min(clients)} client) {on.percentile(99) / lone.percentile(99):.2f}; median latency {statistics.median(on.latencies_ms):.0f} ms")
+    print()
+    for mode in modes:
+        for n in sizes:
+            lone = next(r for r in rows if r.mode == mode and r.clients == min(clients) and r.images_per_request == n)
+            for c in clients:
+                row = next(r for r in rows if r.mode == mode and r.clients == c and r.images_per_request == n)
+                off = next(r for r in rows if r.mode == "off" and r.clients == c and r.images_per_request == n)
+                print(f"batching {mode}, {n} images/request, {c} clients: images/s vs batching off {row.images_per_s / off.images_per_s:.2f}x; "
+                      f"p99 / p99 of {min(clients)} client {row.percentile(99) / lone.percentile(99):.2f}")
 
 
 if __name__ == "__main__":
