@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo
+.PHONY: install browser test bench demo
 
 install: $(STAMP)
 
@@ -16,7 +16,14 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -e '.[test]'
 	touch $@
 
-test: install
+# The gallery test drives the system Chromium (Debian's `chromium`); nothing downloads a browser.
+# apt-get runs as root directly, otherwise through sudo; skipped when chromium is already installed.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; }
+
+test: install browser
 	RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled $(PY) -m pytest
 
 bench: install

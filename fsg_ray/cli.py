@@ -147,6 +147,13 @@ def cmd_synthesize(args: argparse.Namespace) -> None:
     print(summary.describe())
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from fsg_ray.serve.launch import run_server
+    from fsg_ray.serve.settings import load_settings
+
+    run_server(load_settings(args.config, models=args.models), args.host, args.port, args.address)
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with AdaptConfig fields")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. cdc.weight=500 (repeatable)")
@@ -253,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=64, help="seeds a worker renders per step, a multiple of 16; images do not depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synthesize)
+
+
+    p = verbs.add_parser("serve", help="the HTTP endpoint on Ray Serve: batched generators from a model root, a gallery at /")
+    p.add_argument("--models", help="model root: each run under it is a model named by its directory (s3://bucket/runs/ or a path)")
+    p.add_argument("--config", help="YAML with ServeSettings fields (model_uris, limits, api_keys_file, batch, ...); see deploy/serve.yaml")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

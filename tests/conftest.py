@@ -36,7 +36,7 @@ def _wait_until_serving(endpoint: str, server: subprocess.Popen, log_path: str) 
         try:
             urllib.request.urlopen(endpoint, timeout=1).close()
             return
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # a loaded box answers after the 1 s timeout
             time.sleep(0.2)
     raise RuntimeError(f"moto server did not answer on {endpoint} within 30 s (log: {log_path})")
 
