@@ -29,7 +29,7 @@ def similarity_distributions(features: Tensor) -> Tensor:
 
     Each sample's whole C*H*W map is one vector (no pooling), as in the reference code. Cosines come from
     unit vectors and one matrix product: pairwise `cosine_similarity` would broadcast an [N, N, C*H*W]
-    tensor (1.6 GB for one 256 px layer at N = 4) for the same numbers.
+    tensor (gigabytes for one 256 px layer at N = 4) for the same numbers.
     """
     flat = F.normalize(features.flatten(1), dim=1)
     n = flat.shape[0]
