@@ -53,6 +53,7 @@ class OptimConfig:
     path_decay: float = 0.01
     ema_decay: float = 0.5 ** (32 / 10000)
     mixing: float = 0.9
+    precision: str = "fp32"  # fp32 | bf16 | fp16: dtype of G and D forward passes (adapt/precision.py); regularisers stay fp32
 
 
 def ema_decay_for_short_run(steps: int) -> float:
@@ -119,6 +120,8 @@ class AdaptConfig:
             raise ConfigError(f"cdc.variant: expected 'official' or 'paper', got {self.cdc.variant!r}")
         if not 0.0 <= self.optim.mixing <= 1.0:
             raise ConfigError(f"optim.mixing: expected a probability, got {self.optim.mixing}")
+        if self.optim.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"optim.precision: expected 'fp32', 'bf16' or 'fp16', got {self.optim.precision!r}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

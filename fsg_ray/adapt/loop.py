@@ -19,6 +19,7 @@ from fsg_ray.adapt.anchors import Latents, is_anchor_iteration, make_anchors, ph
 from fsg_ray.adapt.cdc import cdc_loss_official, cdc_loss_paper, sample_layers
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from fsg_ray.adapt.methods import Method, Networks, make_method
+from fsg_ray.adapt.precision import MixedPrecision
 from fsg_ray.config import AdaptConfig, config_to_dict
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import FORMAT, build_discriminator, build_generator, load_state_strict, model_config
@@ -109,6 +110,7 @@ class Adaptation:
         opt = config.optim
         self.g_optim = lazy_adam(self.g_params, opt.lr, opt.g_reg_every)
         self.d_optim = lazy_adam(self.d_params, opt.lr, opt.d_reg_every)
+        self.precision = MixedPrecision(opt.precision, self.device)
         g = nets.g.config
         self.style_dim, self.n_latent = g.style_dim, g.n_latent
         self.schedule_rng = torch.Generator()
@@ -153,14 +155,15 @@ class Adaptation:
     def d_step(self) -> float:
         set_requires_grad(self.g_params, False)
         set_requires_grad(self.d_params, True)
-        with torch.no_grad():
-            fake = self._generate(self._latents(self.config.batch)).image
-        real = self.targets.sample(self.config.batch, self.sample_rng)
-        real_logits = self._realism(real, self._patch_level())
-        fake_logits = self._realism(fake, self._patch_level())
+        with self.precision.autocast():
+            with torch.no_grad():
+                fake = self._generate(self._latents(self.config.batch)).image
+            real = self.targets.sample(self.config.batch, self.sample_rng)
+            real_logits = self._realism(real, self._patch_level()).float()
+            fake_logits = self._realism(fake, self._patch_level()).float()
         self.method.observe_real_logits(real_logits.detach(), self.dist.total)
         loss = d_logistic_loss(real_logits, fake_logits)
-        self._apply(self.d_optim, self.d_params, loss)
+        self.precision.step("d", self.d_optim, loss, self.dist.sync_gradients, self.d_params)
         return loss.item()
 
     def r1_step(self) -> float:
@@ -177,8 +180,10 @@ class Adaptation:
     def g_step(self) -> tuple[float, float]:
         set_requires_grad(self.g_params, True)
         set_requires_grad(self.d_params, False)
-        fake = self._generate(self._latents(self.config.batch)).image
-        adversarial = g_nonsaturating_loss(self._realism(fake, self._patch_level()))
+        with self.precision.autocast():
+            fake = self._generate(self._latents(self.config.batch)).image
+            fake_logits = self._realism(fake, self._patch_level()).float()
+        adversarial = g_nonsaturating_loss(fake_logits)
         loss = adversarial
         dist_loss = torch.zeros(())
         if self.method.uses_cdc:
@@ -187,16 +192,21 @@ class Adaptation:
         penalty = self.method.g_penalty(self.nets)
         if penalty is not None:
             loss = loss + penalty
-        self._apply(self.g_optim, self.g_params, loss)
+        self.precision.step("g", self.g_optim, loss, self.dist.sync_gradients, self.g_params)
         return adversarial.item(), dist_loss.item()
 
     def distance_consistency(self) -> Tensor:
-        """L_dist on fresh z (no anchors, no mixing); G_s without gradients, G_t with."""
+        """L_dist on fresh z (no anchors, no mixing); G_s without gradients, G_t with.
+
+        The generators run in the run's precision; the similarities and the KL in fp32.
+        """
         cdc = self.config.cdc
         z = torch.randn(cdc.batch, self.style_dim, generator=self.sample_rng).to(self.device)
-        with torch.no_grad():
-            source = self.nets.g_source.synthesis(self.nets.g_source.latents(z), noise="random").features
-        target = self.nets.g.synthesis(self.nets.g.latents(z), noise="random").features
+        with self.precision.autocast():
+            with torch.no_grad():
+                source = self.nets.g_source.synthesis(self.nets.g_source.latents(z), noise="random").features
+            target = self.nets.g.synthesis(self.nets.g.latents(z), noise="random").features
+        source, target = [f.float() for f in source], [f.float() for f in target]
         if cdc.variant == "paper":
             return cdc_loss_paper(source, target, list(range(1, self.n_latent - 1)))
         return cdc_loss_official(source, target, sample_layers(cdc.batch, self.n_latent, self.sample_rng))
@@ -263,6 +273,7 @@ class Adaptation:
             "method_state": self.method.state_dict(),
             "anchors": self.anchors,
             "mean_path_length": self.mean_path_length,
+            "grad_scalers": self.precision.state_dict(),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -276,6 +287,8 @@ class Adaptation:
         self.method.load_state_dict(ckpt["method_state"])
         self.anchors = ckpt["anchors"]
         self.mean_path_length = ckpt["mean_path_length"]
+        # Checkpoints from before mixed precision have none: they are fp32 runs, whose scalers hold no state.
+        self.precision.load_state_dict(ckpt.get("grad_scalers", {"g": {}, "d": {}}))
         self.step = ckpt["step"]
 
 
