@@ -28,10 +28,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled
 
 if [[ $toy == 1 ]]; then
-    budget_s=600  # a loaded 2-core CI box; the GPU run's budget is what matters
+    # Toy mode checks that everything runs, not how fast: a loaded 2-core box gets 3x every limit.
+    budget_s=1500 slack=3
     device=cpu
 else
-    budget_s=470
+    budget_s=470 slack=1
     device=cuda
     if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "bench/gpu.sh: $PYTHON sees no CUDA device; run with --cpu-toy for the CPU check" >&2
@@ -42,10 +43,10 @@ fi
 summary=()
 failed=0
 
-# section NAME LIMIT_S COMMAND...: runs COMMAND under a time limit (capped by what is left of the
-# budget) and records ok / failed / timed out with its duration.
+# section NAME LIMIT_S COMMAND...: runs COMMAND under a time limit (times the slack, capped by what
+# is left of the budget) and records ok / failed / timed out with its duration.
 section() {
-    local name=$1 limit=$2
+    local name=$1 limit=$(($2 * slack))
     shift 2
     local left=$((budget_s - SECONDS))
     if ((left < 10)); then
@@ -87,7 +88,7 @@ section "CUDA tests" 90 "$PYTHON" -m pytest --noconftest -q -m cuda -p no:cachep
 
 if [[ $toy == 1 ]]; then
     section "generator throughput" 120 "$PYTHON" bench/gen_forward.py --device cpu --configs toy-64px \
-        --batches 1,2 --min-time 0.05 --variants fp32,fp32+ref,bf16+channels_last,fp16
+        --batches 1 --min-time 0.05 --variants fp32,fp32+ref,bf16+channels_last --threads 1
 else
     section "generator throughput" 120 "$PYTHON" bench/gen_forward.py --device cuda --configs 256px-cm2 \
         --batches 1,2,4,8,16,32,64 --min-time 0.2 \
@@ -96,7 +97,7 @@ fi
 
 if [[ $toy == 1 ]]; then
     section "adaptation step" 120 "$PYTHON" bench/gpu_step.py --device cpu --config toy-64px \
-        --warmup 0 --steps 5 --variants fp32/ref,bf16/ref,fp16/ref
+        --warmup 0 --steps 5 --variants fp32/ref,bf16/ref --threads 1
 else
     section "adaptation step" 120 "$PYTHON" bench/gpu_step.py --device cuda --config 256px-cm2
 fi

@@ -13,7 +13,7 @@ second table gives the peak of each phase (D, R1, G with CDC, path length) in th
 allocator's peak on a GPU, the process's RSS sampled every 10 ms on the CPU.
 
     python bench/gpu_step.py --device cuda                          # 256px cm=2, fp32/bf16/fp16, fused vs ref
-    python bench/gpu_step.py --config toy-64px --warmup 2 --steps 4 # a quick CPU check
+    python bench/gpu_step.py --device cpu --warmup 2 --steps 4      # a quick CPU check (toy-64px)
 """
 
 from __future__ import annotations
@@ -213,7 +213,7 @@ def device_name(device: torch.device) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="256px-cm2")
+    parser.add_argument("--config", choices=sorted(CONFIGS), help="default: 256px-cm2 on a GPU, toy-64px on the CPU")
     parser.add_argument("--variants", help="comma-separated PRECISION/IMPL (default: GPU fp32/ref,fp32/cuda,bf16/ref,bf16/cuda,fp16/cuda; CPU fp32/ref)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=16, help="untimed steps first (cuDNN autotuning, the extension's build)")
@@ -224,6 +224,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     variants = [Variant.parse(v) for v in (args.variants or DEFAULT_VARIANTS[device.type]).split(",")]
+    args.config = args.config or ("256px-cm2" if device.type == "cuda" else "toy-64px")
     model = CONFIGS[args.config]
     source = random_source(model)
     config = load_config(None, [])
