@@ -112,7 +112,8 @@ def test_fp16_skips_a_step_whose_gradients_overflow_and_lowers_the_scale():
     weight = torch.nn.Parameter(torch.ones(3))
     optim = torch.optim.SGD([weight], lr=1.0)
     scale = precision.scalers["d"].get_scale()
-    precision.step("d", optim, (weight * torch.tensor([1.0, float("inf"), 1.0])).sum(), lambda params: None, [weight])
+    precision.backward("d", (weight * torch.tensor([1.0, float("inf"), 1.0])).sum())
+    precision.step("d", optim, lambda params: None, [weight])
     assert torch.equal(weight.detach(), torch.ones(3))
     assert precision.scalers["d"].get_scale() < scale
 

@@ -163,7 +163,9 @@ class Adaptation:
             fake_logits = self._realism(fake, self._patch_level()).float()
         self.method.observe_real_logits(real_logits.detach(), self.dist.total)
         loss = d_logistic_loss(real_logits, fake_logits)
-        self.precision.step("d", self.d_optim, loss, self.dist.sync_gradients, self.d_params)
+        self.d_optim.zero_grad(set_to_none=True)
+        self.precision.backward("d", loss)
+        self.precision.step("d", self.d_optim, self.dist.sync_gradients, self.d_params)
         return loss.item()
 
     def r1_step(self) -> float:
@@ -184,15 +186,18 @@ class Adaptation:
             fake = self._generate(self._latents(self.config.batch)).image
             fake_logits = self._realism(fake, self._patch_level()).float()
         adversarial = g_nonsaturating_loss(fake_logits)
-        loss = adversarial
+        # One backward per term of the loss: the adversarial graph is freed before the CDC forward
+        # builds its own, so the step never holds two generator graphs at once.
+        self.g_optim.zero_grad(set_to_none=True)
+        self.precision.backward("g", adversarial)
         dist_loss = torch.zeros(())
         if self.method.uses_cdc:
             dist_loss = self.distance_consistency()
-            loss = loss + self.config.cdc.weight * dist_loss
+            self.precision.backward("g", self.config.cdc.weight * dist_loss)
         penalty = self.method.g_penalty(self.nets)
         if penalty is not None:
-            loss = loss + penalty
-        self.precision.step("g", self.g_optim, loss, self.dist.sync_gradients, self.g_params)
+            self.precision.backward("g", penalty)
+        self.precision.step("g", self.g_optim, self.dist.sync_gradients, self.g_params)
         return adversarial.item(), dist_loss.item()
 
     def distance_consistency(self) -> Tensor:

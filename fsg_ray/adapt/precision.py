@@ -34,18 +34,19 @@ class MixedPrecision:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=DTYPES[self.precision])
 
-    def step(self, phase: str, optim: torch.optim.Optimizer, loss: Tensor, sync: Any, params: list[nn.Parameter]) -> None:
-        """Backward of `loss`, `sync(params)` (gradient averaging), then the optimizer step of `phase` ("g"|"d").
+    def backward(self, phase: str, loss: Tensor) -> None:
+        """Accumulate the gradients of `loss`, scaled by the loss scale of `phase` ("g"|"d") under fp16."""
+        self.scalers[phase].scale(loss).backward()
+
+    def step(self, phase: str, optim: torch.optim.Optimizer, sync: Any, params: list[nn.Parameter]) -> None:
+        """`sync(params)` (gradient averaging), then the optimizer step of `phase`, skipped if its gradients overflowed.
 
         Ranks average the still-scaled gradients: they share one scale, and an overflow on any rank
         reaches all of them through the average, so all skip the same steps.
         """
-        scaler = self.scalers[phase]
-        optim.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
         sync(params)
-        scaler.step(optim)
-        scaler.update()
+        self.scalers[phase].step(optim)
+        self.scalers[phase].update()
 
     def state_dict(self) -> dict[str, Any]:
         return {name: scaler.state_dict() for name, scaler in self.scalers.items()}
