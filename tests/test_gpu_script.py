@@ -66,7 +66,7 @@ def test_a_failing_section_is_reported_and_the_later_ones_still_run(tmp_path: Pa
     python = tmp_path / "python"
     python.write_text(f'#!/bin/sh\ncase "$1" in bench/*|-m) echo "refused $1" >&2; exit 3 ;; esac\nexec {sys.executable} "$@"\n')
     python.chmod(python.stat().st_mode | stat.S_IEXEC)
-    result = run_script("--cpu-toy", python=str(python), timeout=120)
+    result = run_script("--cpu-toy", python=str(python), timeout=280)
     assert result.returncode == 1
     results = summary(result.stdout)
     assert results["environment"] == "ok"
