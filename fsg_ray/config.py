@@ -58,6 +58,7 @@ class OptimConfig:
     path_decay: float = 0.01
     ema_decay: float | None = None  # None: follows the run length (AdaptConfig.ema_decay); a number is used as given
     mixing: float = 0.9
+    precision: str = "fp32"  # fp32 | bf16 | fp16: dtype of G and D forward passes (adapt/precision.py); regularisers stay fp32
 
     def __post_init__(self) -> None:
         if self.ema_decay is not None and not 0.0 <= self.ema_decay <= 1.0:
@@ -146,6 +147,8 @@ class AdaptConfig:
             raise ConfigError(f"cdc.variant: expected 'official' or 'paper', got {self.cdc.variant!r}")
         if not 0.0 <= self.optim.mixing <= 1.0:
             raise ConfigError(f"optim.mixing: expected a probability, got {self.optim.mixing}")
+        if self.optim.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"optim.precision: expected 'fp32', 'bf16' or 'fp16', got {self.optim.precision!r}")
 
     @property
     def ema_decay(self) -> float:

@@ -66,6 +66,28 @@ def test_unknown_impl_is_rejected():
         bias_leaky_relu(torch.randn(2, 3), torch.randn(3), impl="triton")
 
 
+def test_impl_for_auto_makes_auto_run_the_named_path_inside_the_block_only(no_compiling):
+    x, bias = torch.randn(2, 3), torch.randn(3)
+    with ops.impl_for_auto("cuda"):
+        with pytest.raises(ValueError, match=r"bias_leaky_relu\(impl='cuda'\) needs CUDA tensors"):
+            bias_leaky_relu(x, bias)
+        expected = torch.nn.functional.leaky_relu(x + bias, 0.2) * 2**0.5
+        torch.testing.assert_close(bias_leaky_relu(x, bias, impl="ref"), expected)  # an explicit impl is kept
+    assert torch.equal(bias_leaky_relu(x, bias), bias_leaky_relu(x, bias, impl="ref"))
+
+
+def test_impl_for_auto_rejects_an_unknown_impl():
+    with pytest.raises(ValueError, match=r"impl must be one of .*got 'triton'"):
+        with ops.impl_for_auto("triton"):
+            pass
+
+
+def test_bias_takes_the_dtype_of_the_input():
+    """Under autocast an fp32 bias must not promote a bf16 activation to fp32."""
+    out = bias_leaky_relu(torch.randn(2, 3, dtype=torch.bfloat16), torch.randn(3))
+    assert out.dtype == torch.bfloat16
+
+
 def test_cpu_path_logs_that_it_uses_the_reference_once(no_compiling, fresh_log, caplog):
     caplog.set_level(logging.INFO, logger="fsg_ray.nets.ops")
     for _ in range(3):

@@ -20,6 +20,7 @@ from fsg_ray.adapt.augment import AdaptiveAugment
 from fsg_ray.adapt.cdc import cdc_loss_official, cdc_loss_paper, sample_layers
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from fsg_ray.adapt.methods import Method, Networks, make_method
+from fsg_ray.adapt.precision import MixedPrecision
 from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError, config_to_dict
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import FORMAT, build_discriminator, build_generator, load_state_strict, model_config
@@ -120,6 +121,7 @@ class Adaptation:
         opt = config.optim
         self.g_optim = lazy_adam(self.g_params, opt.lr, opt.g_reg_every)
         self.d_optim = lazy_adam(self.d_params, opt.lr, opt.d_reg_every)
+        self.precision = MixedPrecision(opt.precision, self.device)
         g = nets.g.config
         self.style_dim, self.n_latent = g.style_dim, g.n_latent
         self.schedule_rng = torch.Generator()
@@ -155,11 +157,16 @@ class Adaptation:
             return self.nets.d(images)
         return patch_logits(self.nets.d, self.nets.heads, images, patch_level)
 
-    def _apply(self, optim: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor) -> None:
+    @staticmethod
+    def _zero_grad(optim: torch.optim.Optimizer) -> None:
         # Zero-filled, not cleared, as torch 1.7's zero_grad did for the reference: a parameter that has
         # once had a gradient takes an Adam step on every later step of its optimizer, also when this
         # phase leaves it unused (D's layers after the patch map, the heads on anchor iterations).
         optim.zero_grad(set_to_none=False)
+
+    def _apply(self, optim: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor) -> None:
+        """One fp32 optimizer step on `loss` (the lazy regularisers)."""
+        self._zero_grad(optim)
         loss.backward()
         self.dist.sync_gradients(params)
         optim.step()
@@ -169,15 +176,18 @@ class Adaptation:
     def d_step(self) -> float:
         set_requires_grad(self.g_params, False)
         set_requires_grad(self.d_params, True)
-        with torch.no_grad():
-            fake = self._generate(self._latents(self.config.batch)).image
-        real = self.targets.sample(self.config.batch, self.sample_rng)
-        real_logits = self._realism(real, self._patch_level())
-        fake_logits = self._realism(fake, self._patch_level())
+        with self.precision.autocast():
+            with torch.no_grad():
+                fake = self._generate(self._latents(self.config.batch)).image
+            real = self.targets.sample(self.config.batch, self.sample_rng)
+            real_logits = self._realism(real, self._patch_level()).float()
+            fake_logits = self._realism(fake, self._patch_level()).float()
         if self.augment is not None:
             self.augment.observe_real_logits(real_logits.detach(), self.dist.total)
         loss = d_logistic_loss(real_logits, fake_logits)
-        self._apply(self.d_optim, self.d_params, loss)
+        self._zero_grad(self.d_optim)
+        self.precision.backward("d", loss)
+        self.precision.step("d", self.d_optim, self.dist.sync_gradients, self.d_params)
         return loss.item()
 
     def r1_step(self) -> float:
@@ -194,26 +204,36 @@ class Adaptation:
     def g_step(self) -> tuple[float, float]:
         set_requires_grad(self.g_params, True)
         set_requires_grad(self.d_params, False)
-        fake = self._generate(self._latents(self.config.batch)).image
-        adversarial = g_nonsaturating_loss(self._realism(fake, self._patch_level()))
-        loss = adversarial
+        with self.precision.autocast():
+            fake = self._generate(self._latents(self.config.batch)).image
+            fake_logits = self._realism(fake, self._patch_level()).float()
+        adversarial = g_nonsaturating_loss(fake_logits)
+        # One backward per term of the loss: the adversarial graph is freed before the CDC forward
+        # builds its own, so the step never holds two generator graphs at once.
+        self._zero_grad(self.g_optim)
+        self.precision.backward("g", adversarial)
         dist_loss = torch.zeros(())
         if self.method.uses_cdc:
             dist_loss = self.distance_consistency()
-            loss = loss + self.config.cdc.weight * dist_loss
+            self.precision.backward("g", self.config.cdc.weight * dist_loss)
         penalty = self.method.g_penalty(self.nets)
         if penalty is not None:
-            loss = loss + penalty
-        self._apply(self.g_optim, self.g_params, loss)
+            self.precision.backward("g", penalty)
+        self.precision.step("g", self.g_optim, self.dist.sync_gradients, self.g_params)
         return adversarial.item(), dist_loss.item()
 
     def distance_consistency(self) -> Tensor:
-        """L_dist on fresh z (no anchors, no mixing); G_s without gradients, G_t with."""
+        """L_dist on fresh z (no anchors, no mixing); G_s without gradients, G_t with.
+
+        The generators run in the run's precision; the similarities and the KL in fp32.
+        """
         cdc = self.config.cdc
         z = torch.randn(cdc.batch, self.style_dim, generator=self.sample_rng).to(self.device)
-        with torch.no_grad():
-            source = self.nets.g_source.synthesis(self.nets.g_source.latents(z), noise="random").features
-        target = self.nets.g.synthesis(self.nets.g.latents(z), noise="random").features
+        with self.precision.autocast():
+            with torch.no_grad():
+                source = self.nets.g_source.synthesis(self.nets.g_source.latents(z), noise="random").features
+            target = self.nets.g.synthesis(self.nets.g.latents(z), noise="random").features
+        source, target = [f.float() for f in source], [f.float() for f in target]
         if cdc.variant == "paper":
             return cdc_loss_paper(source, target, list(range(1, self.n_latent - 1)))
         return cdc_loss_official(source, target, sample_layers(cdc.batch, self.n_latent, self.sample_rng))
@@ -281,6 +301,7 @@ class Adaptation:
             "anchors": self.anchors,
             "mean_path_length": self.mean_path_length,
             "ema_decay": self.ema_decay,
+            "grad_scalers": self.precision.state_dict(),
         }
 
     def restore(self, ckpt: dict[str, Any]) -> None:
@@ -299,6 +320,8 @@ class Adaptation:
             self.augment.load_state_dict(ckpt["augment"])
         self.anchors = ckpt["anchors"]
         self.mean_path_length = ckpt["mean_path_length"]
+        # Checkpoints from before mixed precision have none: they are fp32 runs, whose scalers hold no state.
+        self.precision.load_state_dict(ckpt.get("grad_scalers", {"g": {}, "d": {}}))
         self.step = ckpt["step"]
 
 

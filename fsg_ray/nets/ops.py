@@ -4,15 +4,17 @@ These are the reference definitions: they run on CPU and GPU alike and never nee
 Each op takes `impl`: "ref" runs the reference; "cuda" runs the fused kernel of `cuda_ops.py`
 (CUDA tensors only; it is compiled with ninja on first use); "auto" runs the fused kernel only on
 CUDA tensors, only if it built, and only for the ops a one-time timing on that device found faster
-than the reference (`_fused_ops_faster`). Which path is in use is logged once.
+than the reference (`_fused_ops_faster`); `impl_for_auto` makes "auto" mean one path for a while
+(benchmarks and whole-network parity checks). Which path is in use is logged once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +39,14 @@ def make_kernel(taps: Sequence[float]) -> Tensor:
 def bias_leaky_relu(
     x: Tensor, bias: Tensor, slope: float = LEAKY_SLOPE, gain: float = ACTIVATION_GAIN, impl: str = "auto"
 ) -> Tensor:
-    """Add a per-channel bias (channel dim 1), leaky-ReLU, then scale so the output variance is kept."""
+    """Add a per-channel bias (channel dim 1), leaky-ReLU, then scale so the output variance is kept.
+
+    The bias takes x's dtype: under autocast an fp32 bias would otherwise promote every bf16/fp16
+    activation back to fp32.
+    """
+    bias = bias.to(x.dtype)
     unsupported = None
-    if bias.dtype != x.dtype:
-        unsupported = f"a {bias.dtype} bias on {x.dtype} input"
-    elif gain <= 0:
+    if gain <= 0:
         unsupported = f"gain {gain} (the kernel reads the activation mask off the output's sign)"
     if _use_fused("bias_leaky_relu", x, impl, unsupported):
         return cuda_ops.bias_leaky_relu(x, bias, slope, gain)
@@ -74,8 +79,26 @@ def upfirdn2d(
     return F.conv2d(x, weight, stride=down, groups=channels)
 
 
+_auto_means: str | None = None
+
+
+@contextlib.contextmanager
+def impl_for_auto(impl: str) -> Iterator[None]:
+    """Within this block, op calls that ask for "auto" run `impl` ("cuda" or "ref") instead."""
+    global _auto_means
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    previous, _auto_means = _auto_means, impl
+    try:
+        yield
+    finally:
+        _auto_means = previous
+
+
 def _use_fused(op: str, x: Tensor, impl: str, unsupported: str | None) -> bool:
     """Whether `op` runs its fused kernel; `unsupported` says why these arguments cannot, if so."""
+    if impl == "auto" and _auto_means is not None:
+        impl = _auto_means
     if impl == "ref":
         return False
     if impl == "cuda":

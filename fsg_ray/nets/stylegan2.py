@@ -171,7 +171,8 @@ class NoiseInjection(nn.Module):
     def forward(self, x: Tensor, noise: Tensor | None) -> Tensor:
         if noise is None:
             noise = x.new_empty(x.shape[0], 1, x.shape[2], x.shape[3]).normal_()
-        return x + self.weight * noise
+        # In x's dtype: under autocast the fp32 weight would otherwise promote bf16/fp16 activations.
+        return x + (self.weight * noise).to(x.dtype)
 
 
 class StyledConv(nn.Module):
