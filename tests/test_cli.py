@@ -46,7 +46,18 @@ def test_rerunning_with_another_config_is_refused_naming_the_key(tmp_path: Path,
     source = write_tiny_source(tmp_path / "source.pt")
     adapt(source, "toy:sketch", tmp_path / "run", 2)
     assert adapt(source, "toy:sketch", tmp_path / "run", 4, "--set", "cdc.weight=5") == 2
-    assert "cannot resume, config cdc was" in capsys.readouterr().err
+    assert "cannot resume, config cdc.weight was 1000.0, now 5.0" in capsys.readouterr().err
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_resumes_under_its_default(tmp_path: Path):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2)
+    state = tmp_path / "run" / "checkpoint_000002" / "state.pt"
+    ckpt = torch.load(state, weights_only=True)
+    del ckpt["config"]["augment"], ckpt["config"]["optim"]["precision"]
+    torch.save(ckpt, state)
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4) == 0
+    assert adapt(source, "toy:sketch", tmp_path / "run", 6, "--set", "optim.precision=bf16") == 2
 
 
 def test_adapt_reads_a_folder_of_user_images(tmp_path: Path):

@@ -83,13 +83,26 @@ class RunSpec:
     resume_from: str | None = None
 
 
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
+
+
 def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> None:
-    """A run continues only under the config it was started with; only `steps` may grow."""
-    stored = ckpt.get("config", {})
-    wanted = config_to_dict(config)
-    for key in sorted(set(wanted) - SCHEDULE_KEYS):
-        if stored.get(key) != wanted[key]:
-            raise CheckpointError(f"{where}: cannot resume, config {key} was {stored.get(key)!r}, now {wanted[key]!r}")
+    """A run continues only under the config it was started with; only `steps` may grow.
+
+    A field the checkpoint does not record is newer than the run, which ran with that field's default.
+    """
+    stored = _flatten(ckpt.get("config", {}))
+    defaults = _flatten(config_to_dict(AdaptConfig()))
+    for key, now in sorted(_flatten(config_to_dict(config)).items()):
+        if key.split(".")[0] in SCHEDULE_KEYS:
+            continue
+        was = stored.get(key, defaults[key])
+        if was != now:
+            raise CheckpointError(f"{where}: cannot resume, config {key} was {was!r}, now {now!r}")
 
 
 def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu", locate: Locate = same_place) -> Adaptation:
