@@ -52,17 +52,16 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 def cmd_sample(args: argparse.Namespace) -> None:
     from fsg_ray.evaluate import load_sampler
-    from fsg_ray.grids import image_grid, pair_grid, parse_seeds, save_png, seeded_z
+    from fsg_ray.grids import image_grid, pair_grid, parse_seeds, same_noise_pair, save_png, seeded_z
 
     g, _ = load_sampler(args.generator)
     z = seeded_z(parse_seeds(args.seeds), g.style_dim)
-    with torch.no_grad():
-        images = g(z, truncation=args.truncation, noise="const")
-        if args.pair_with:
-            source, _ = load_sampler(args.pair_with)
-            grid = pair_grid(source(z, truncation=args.truncation, noise="const"), images, columns=args.columns)
-        else:
-            grid = image_grid(images, columns=args.columns)
+    if args.pair_with:
+        source, _ = load_sampler(args.pair_with)
+        grid = pair_grid(*same_noise_pair(source, g, z, args.truncation), columns=args.columns)
+    else:
+        with torch.no_grad():
+            grid = image_grid(g(z, truncation=args.truncation, noise="const"), columns=args.columns)
     save_png(args.out, grid)
     print(f"wrote {args.out}")
 

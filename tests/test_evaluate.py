@@ -209,3 +209,14 @@ def test_training_grid_renders_g_ema_with_the_sources_noise(noisy_source: str):
     pixels = torch.tensor(list(image.getdata())).view(image.size[1], image.size[0], 3)
     size = run.nets.g_ema.config.size
     assert torch.equal(pixels[2 : 2 + size], pixels[size + 4 : 2 * size + 4])
+
+
+def test_fsg_sample_pair_with_draws_both_rows_with_the_sources_noise(tmp_path: Path, noisy_source: str):
+    source = source_with_other_noise_in_g_ema()
+    path = tmp_path / "unadapted.pt"  # G_t as adaptation starts it: the source's `g`, noise maps included
+    write_checkpoint(str(path), {"g": source["g"], "g_ema": source["g"], "d": source["d"]})
+    out = tmp_path / "pairs.png"
+    assert main(["sample", "--generator", str(path), "--pair-with", noisy_source, "--seeds", "0-3", "--columns", "4", "--out", str(out)]) == 0
+    grid = torch.tensor(list(Image.open(out).getdata()))
+    rows = grid.view(2 * (TINY.size + 2) + 2, -1, 3)[2:-2]
+    assert torch.equal(rows[: TINY.size], rows[TINY.size + 2 : 2 * TINY.size + 2])  # same weights, same noise: equal rows

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from fsg_ray.grids import image_grid, pair_grid, seeded_z, to_pil
+from fsg_ray.grids import image_grid, pair_grid, same_noise_pair, seeded_z, to_pil
 from fsg_ray.nets.stylegan2 import NoiseBuffers
 
 NOISE_MODES = ("const", "seeded")
@@ -103,5 +103,6 @@ def seed_png(sampler: nn.Module, seed: int, truncation: float, device: torch.dev
 
 def pair_png(source: nn.Module, sampler: nn.Module, seed: int, truncation: float, device: torch.device) -> bytes:
     """The source sample above the adapted one for the same z: `fsg sample --pair-with SOURCE --columns 1`."""
-    images = [render(g, [seed], truncation, "const", device) for g in (source, sampler)]
+    z = seeded_z([seed], sampler.style_dim).to(device)
+    images = [side.cpu() for side in same_noise_pair(source, sampler, z, truncation)]
     return png_bytes(pair_grid(*images, columns=1))
