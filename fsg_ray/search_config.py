@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 from fsg_ray.config import AdaptConfig, ConfigError, apply_overrides, config_from_dict, config_to_dict
-from fsg_ray.evaluate import METRIC_NAMES, correspondence_undefined
+from fsg_ray.evaluate import FEATURES, METRIC_NAMES, correspondence_undefined
+from fsg_ray.metrics.features import INCEPTION_DIM, OFFLINE_WIDTHS
+from fsg_ray.metrics.fid import fid_undefined
 
 TOP_KEYS = ("name", "base", "metric", "search", "searcher", "scheduler", "num_samples", "max_concurrent_trials", "trial", "eval")
 REQUIRED_KEYS = ("name", "base", "metric", "search", "eval")
@@ -30,7 +32,15 @@ SPACE_KEYS = {
     "grid_search": ("values",),
 }
 # A searched metric name -> the evaluation metric (fsg eval --metrics) that produces it.
-SEARCHABLE_METRICS = {"fid": "fid", "kid": "kid", "intra_lpips": "intra_lpips", "corr_l1": "corr", "corr_lpips": "corr"}
+SEARCHABLE_METRICS = {
+    "fid": "fid",
+    "kid": "kid",
+    "intra_stlpips": "intra_lpips",
+    "corr_l1": "corr",
+    "corr_stlpips": "corr",
+    "corr_edge_ratio": "corr_ratio",
+    "corr_stlpips_ratio": "corr_ratio",
+}
 # A trial checkpoints exactly where it evaluates, so that ASHA's reports carry checkpoints.
 RESERVED_PATHS = {"checkpoint_every": "a trial checkpoints every eval.every steps; set eval.every"}
 
@@ -85,7 +95,8 @@ class EvalSpec:
     every: int
     n_generated: int = 256
     validation: str | None = None  # default: a toy:NAME target's held-out images
-    metrics: tuple[str, ...] = ("fid", "kid")
+    metrics: tuple[str, ...] = ("kid",)
+    features: str = "inception"  # FID/KID features: the FID Inception, or "offline" (fast, reported as kid_offline)
 
 
 @dataclass(frozen=True)
@@ -263,6 +274,11 @@ def _parse_eval(raw: Any, source: str, target: str, steps: int) -> EvalSpec:
         raise ConfigError(f"eval.every: expected 1..base.steps ({steps}), got {spec.every}")
     if spec.n_generated < 2:
         raise ConfigError(f"eval.n_generated: FID/KID need at least 2 images, got {spec.n_generated}")
+    if spec.features not in FEATURES:
+        raise ConfigError(f"eval.features: expected one of {', '.join(FEATURES)}, got {spec.features!r}")
+    dim = INCEPTION_DIM if spec.features == "inception" else sum(OFFLINE_WIDTHS)
+    if "fid" in spec.metrics and (reason := fid_undefined(spec.n_generated, spec.n_generated, dim)):
+        raise ConfigError(f"eval.metrics: fid with eval.n_generated={spec.n_generated}: {reason}")
     validation = spec.validation or target
     if spec.validation is None and not target.startswith("toy:"):
         raise ConfigError(f"eval.validation: required when base.target ({target}) is not toy:NAME; the few shots cannot be their own validation set")

@@ -11,28 +11,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from fsg_ray.evaluate import EvalResult, EvalSettings, evaluate
-from fsg_ray.metrics import build_extractor, build_lpips
 
-LPIPS_METRICS = ("intra_lpips", "corr_lpips")
 KID_SUBSET_SIZE = 1000  # clean-fid's; smaller validation sets use all their images per subset
 
 
-def measure(checkpoint_uri: str, validation: str, source: str, metrics: tuple[str, ...], n: int, device: str) -> EvalResult:
-    """The one call into the evaluation protocol: point it at another extractor here.
-
-    Extractors are fsg eval's defaults on the machine that runs it (the offline ones when no pretrained
-    weights are there); `reported_key` must agree with this choice.
-    """
-    settings = EvalSettings(n_generated=n, n_real=n, n_lpips=n, n_corr=n, kid_subset_size=min(n, KID_SUBSET_SIZE))
+def measure(checkpoint_uri: str, validation: str, source: str, metrics: tuple[str, ...], n: int, features: str, device: str) -> EvalResult:
+    """The one call into the evaluation protocol (`reported_key` names what it reports)."""
+    settings = EvalSettings(n_generated=n, n_real=n, n_lpips=n, n_corr=n, kid_subset_size=min(n, KID_SUBSET_SIZE), features=features)
     return evaluate(checkpoint_uri, validation, source, list(metrics), settings, device=device)
 
 
-def reported_key(name: str) -> str:
-    """The key under which `measure` reports a searched metric on this machine: kid -> kid_offline, ..."""
-    if name == "corr_l1":
-        return name
-    offline = build_lpips().offline if name in LPIPS_METRICS else build_extractor().offline
-    return f"{name}_offline" if offline else name
+def reported_key(name: str, features: str) -> str:
+    """The key under which `measure` reports a searched metric: fid/kid from the offline extractor are fid_offline/kid_offline."""
+    return f"{name}_offline" if name in ("fid", "kid") and features == "offline" else name
 
 
 @dataclass(frozen=True)
@@ -43,8 +34,9 @@ class Validation:
     source: str
     metrics: tuple[str, ...]
     n: int
+    features: str
 
     def __call__(self, checkpoint_uri: str, device: str = "cpu") -> dict[str, Any]:
-        result = measure(checkpoint_uri, self.validation, self.source, self.metrics, self.n, device)
+        result = measure(checkpoint_uri, self.validation, self.source, self.metrics, self.n, self.features, device)
         extractors = {f"extractor_{what}": name for what, name in result.extractors.items()}
         return {**result.metrics, **extractors, "eval_s": result.elapsed_s}

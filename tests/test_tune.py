@@ -66,7 +66,7 @@ def s3_search(cluster, s3_endpoint: str, tmp_path_factory: pytest.TempPathFactor
         "scheduler": {"type": "asha", "grace_period": 10, "reduction_factor": 2},
         "max_concurrent_trials": 1,
         "trial": {"workers": 1, "max_failures": 0},
-        "eval": {"every": 10, "n_generated": 64, "metrics": ["kid"]},
+        "eval": {"every": 10, "n_generated": 64, "metrics": ["kid"], "features": "offline"},
     })
     search = load_search_config(config)
     run_uri = f"s3://{bucket}/tune/toy"
@@ -206,7 +206,7 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, tmp_pa
         "scheduler": {"type": "none"},
         "max_concurrent_trials": 1,
         "trial": {"workers": 2, "max_failures": 0},
-        "eval": {"every": 10, "n_generated": 16, "validation": validation, "metrics": ["kid"]},
+        "eval": {"every": 10, "n_generated": 16, "validation": validation, "metrics": ["kid"], "features": "offline"},
     })
     run = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": cluster, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}

@@ -9,6 +9,7 @@ from fsg_ray.cli import main
 from fsg_ray.config import ConfigError, load_config
 from fsg_ray.ray.tune import record_or_check_search
 from fsg_ray.search_config import load_search_config
+from fsg_ray.validation import reported_key
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "tune_configs").glob("*.yaml"))
 
@@ -125,6 +126,22 @@ def test_a_searched_metric_needs_its_evaluation(tmp_path):
     config = write(tmp_path, changed("metric/name", "corr_l1"))
     with pytest.raises(ConfigError, match=r"metric\.name: corr_l1 needs 'corr' in eval\.metrics"):
         load_search_config(config)
+
+
+def test_fid_from_fewer_samples_than_feature_dimensions_is_rejected(tmp_path):
+    config = write(tmp_path, changed("eval/metrics", ["fid", "kid"]))
+    with pytest.raises(ConfigError, match=r"eval\.metrics: fid with eval\.n_generated=\d+: FID needs more than 2048 samples"):
+        load_search_config(config)
+
+
+def test_an_unknown_feature_extractor_is_rejected(tmp_path):
+    config = write(tmp_path, changed("eval/features", "vgg"))
+    with pytest.raises(ConfigError, match=r"eval\.features: expected one of inception, offline, got 'vgg'"):
+        load_search_config(config)
+
+
+def test_offline_features_report_kid_under_its_own_name():
+    assert (reported_key("kid", "offline"), reported_key("kid", "inception"), reported_key("corr_l1", "offline")) == ("kid_offline", "kid", "corr_l1")
 
 
 def test_cli_reports_a_search_file_error_before_starting_ray(tmp_path, capsys):

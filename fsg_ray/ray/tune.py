@@ -65,7 +65,7 @@ def scaling(search: SearchConfig) -> Scaling:
 
 
 def validation_of(search: SearchConfig) -> Validation:
-    return Validation(search.validation, search.source, search.eval.metrics, search.eval.n_generated)
+    return Validation(search.validation, search.source, search.eval.metrics, search.eval.n_generated, search.eval.features)
 
 
 def run_trial(params: dict[str, Any], search: SearchConfig, run_uri: str, inputs: ShippedInputs) -> None:
@@ -193,7 +193,7 @@ def run_search(search: SearchConfig, run_uri: str) -> SearchSummary:
     record_or_check_search(search, run_uri)
     t = search.trial
     connect(min_cpus=math.ceil(search.max_concurrent_trials * (t.workers * t.cpus_per_worker + TRIAL_DRIVER_CPUS)))
-    metric = reported_key(search.metric.name)
+    metric = reported_key(search.metric.name, search.eval.features)
     inputs = ship_inputs(RunSpec(search.source, search.target, search.base))
     grid = tuner(search, run_uri, metric, inputs).fit()
     frame = results_frame(grid, search, run_uri)
