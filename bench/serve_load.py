@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,17 +27,12 @@ import torch
 from ray import serve
 
 from fsg_ray.evaluate import load_sampler
+from fsg_ray.ray.cluster import free_port
 from fsg_ray.serve.app import build_app
 from fsg_ray.serve.rendering import encode, render
 
 
 WARM_UP = 5  # requests that load the model before a row is timed
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,10 @@ from collections.abc import Iterator
 import boto3
 import pytest
 
+from fsg_ray.ray.cluster import free_port
+
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_until_serving(endpoint: str, server: subprocess.Popen, log_path: str) -> None:
@@ -44,7 +40,7 @@ def _wait_until_serving(endpoint: str, server: subprocess.Popen, log_path: str) 
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a moto S3 server on 127.0.0.1; the AWS_* variables point at it for the whole session."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     log_path = str(tmp_path_factory.mktemp("moto") / "server.log")
     with open(log_path, "w") as log:

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import re
-import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from cdp import Chromium, find_browser
 from serve_fixtures import TINY_RUNS, write_model_root
 
 from fsg_ray.cli import main as fsg
+from fsg_ray.ray.cluster import free_port
 from fsg_ray.serve.app import build_app
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
@@ -34,12 +34,6 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 TOKEN = "test-token-" + uuid.uuid4().hex
 MODELS_PER_REPLICA = 2
 SCREENSHOT_ENV = "FSG_GALLERY_SCREENSHOT"  # also write the gallery screenshot there (the README image)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass(frozen=True)

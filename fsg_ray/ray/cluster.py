@@ -36,7 +36,8 @@ def forwarded_env() -> dict[str, str]:
 GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by Ray when it starts a head node
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (for a local cluster, Serve, a test server)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -53,7 +54,7 @@ def start_local(num_cpus: int, **init_kwargs: Any) -> None:
     """
     # "local" starts a new cluster: without it ray.init joins whatever `ray start` left on this machine.
     # The dashboard stays on: Ray Train's placement-group cleaner polls the State API it serves.
-    port = _free_port()
+    port = free_port()
     saved = {name: os.environ.get(name) for name in (GCS_PORT_ENV, "RAY_ADDRESS")}
     os.environ[GCS_PORT_ENV], os.environ["RAY_ADDRESS"] = str(port), f"127.0.0.1:{port}"
     try:
