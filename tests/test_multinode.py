@@ -213,6 +213,11 @@ def s3_keys(endpoint: str, bucket: str, prefix: str, credentials: dict[str, str]
     return {item["Key"] for item in listed.get("Contents", [])}
 
 
+# Long enough that the run is still going when the second node dies: an idle CPU runs a tiny step in 0.1 s.
+STEPS = 120
+REPORT_POLL_S = 5
+
+
 def test_adapt_on_two_nodes_finishes_from_its_last_checkpoint_after_the_second_node_is_killed(cluster, s3_endpoint, s3_bucket, tmp_path):
     source, target = write_tiny_source(tmp_path / "source.pt"), write_target_folder(tmp_path / "target")
     run_uri = f"s3://{s3_bucket}/runs/two-nodes"
@@ -220,13 +225,16 @@ def test_adapt_on_two_nodes_finishes_from_its_last_checkpoint_after_the_second_n
     head_id, second_id = node_id_of(cluster.root / "head"), node_id_of(cluster.root / "second")
     driver = fsg(
         "adapt", "--source", source, "--target", target, "--out", run_uri, "--workers", "2", "--max-failures", "3",
-        "--method", "tgan", "--steps", "20", "--set", "checkpoint_every=5", "--set", "sample_every=30", "--quiet",
+        "--method", "tgan", "--steps", str(STEPS), "--set", "checkpoint_every=5", "--set", "sample_every=1000", "--quiet",
         # Every rank's placement line must reach the log: no merging of similar lines across workers.
         env={**cluster.env, "RAY_ADDRESS": cluster.address, "RAY_DEDUP_LOGS": "0"}, log=log,
     )
     try:
         # Two checkpoints written: the first of them is committed by Ray, so a restart has one to resume from.
         wait_for(lambda: "runs/two-nodes/checkpoint_000010/state.pt" in s3_keys(s3_endpoint, s3_bucket, "runs/"), "checkpoint 10 on S3", timeout=150)
+        # Ray commits a reported checkpoint when its controller next polls (about every 2 s): on an idle
+        # CPU both checkpoints can be on S3 before either is committed, and a restart would begin at 0.
+        time.sleep(REPORT_POLL_S)
         second = cluster.nodes[1]
         killed = second.kill()
         assert killed and not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in killed)
@@ -244,8 +252,8 @@ def test_adapt_on_two_nodes_finishes_from_its_last_checkpoint_after_the_second_n
     assert set(last.values()) == {head_id, again_id}, output[-4000:]
     resumed = re.search(r"resumed from checkpoint_(\d+) at step (\d+)", output)
     assert resumed and int(resumed[1]) == int(resumed[2]) >= 5, output[-4000:]
-    final = read_checkpoint(f"{run_uri}/checkpoint_000020/state.pt")
-    assert final["step"] == 20 and final["workers"] == 2
+    final = read_checkpoint(f"{run_uri}/checkpoint_{STEPS:06d}/state.pt")
+    assert final["step"] == STEPS and final["workers"] == 2
     generator = fsg_ray.load_generator(f"{run_uri}/generator.pt")
     assert all(torch.equal(v, final["g_ema"][k]) for k, v in generator.state_dict().items())
 
