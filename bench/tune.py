@@ -6,8 +6,11 @@
    one-CPU Train worker), with the same validation at the same checkpoints. Tune's overhead per
    trial = sum of the trials' Tune wall times (trial start to last report) / sum of the baseline's.
 3. ASHA's share of a full search's trial-steps: the steps the trials ran / (trials x max_t).
+4. With --compare-full: the same search without a scheduler (the searcher is seeded by base.seed, so
+   it samples the same configurations), every trial to max_t; whether ASHA's best is the full
+   search's best, and where it ranks there.
 
-    python bench/tune.py [--config tune_configs/toy_cdc.yaml] [--set KEY=VALUE ...] [--out DIR]
+    python bench/tune.py [--config tune_configs/toy_cdc.yaml] [--set KEY=VALUE ...] [--out DIR] [--compare-full]
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from fsg_ray import storage
@@ -26,7 +30,7 @@ from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, ru
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.tune import run_search, validation_of
 from fsg_ray.search_config import SearchConfig, load_search_config
-from fsg_ray.search_report import final_rows, read_results
+from fsg_ray.search_report import SearchMeta, final_rows, read_results
 
 
 def baseline_trial(search: SearchConfig, params: dict, steps: int, report_steps: list[int], out: str) -> float:
@@ -46,6 +50,7 @@ def main() -> None:
     parser.add_argument("--config", default="tune_configs/toy_cdc.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="where the search and the baseline runs go (default: a temp dir)")
+    parser.add_argument("--compare-full", action="store_true", help="also run the search without ASHA and compare the best configurations")
     args = parser.parse_args()
     search = load_search_config(args.config, args.set)
     out = args.out or tempfile.mkdtemp(prefix="bench_tune_")
@@ -72,7 +77,33 @@ def main() -> None:
     print(f"search wall: {search_wall:.0f} s for {len(finals)} trials ({summary.statuses}) -> {len(finals) / search_wall * 3600:.1f} trials/hour")
     print(f"Tune overhead per trial: sum of trial wall times {tune_s:.0f} s / same trials back to back with fsg adapt {base_s:.0f} s = {tune_s / base_s:.2f}")
     print(f"ASHA trial-steps: {steps_run} of a full search's {full} ({steps_run / full:.0%}); best {summary.best_trial} {meta.metric}={summary.best_value:.4f}")
+    if args.compare_full:
+        compare_full(args, out, finals, meta, summary.best_trial)
     print(f"outputs: {out}")
+
+
+def params_of(row: pd.Series, names: list[str]) -> tuple:
+    return tuple(row[name].item() if hasattr(row[name], "item") else row[name] for name in names)
+
+
+def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, meta: SearchMeta, asha_best: str | None) -> None:
+    """The search again without a scheduler: does ASHA's best configuration win when every trial runs to max_t?"""
+    full_search = load_search_config(args.config, [*args.set, "scheduler.type=none"])
+    started = time.perf_counter()
+    full = run_search(full_search, str(Path(out) / "full"))
+    full_frame, _ = read_results(full.run_uri)
+    full_finals = final_rows(full_frame)
+    asha_configs = sorted(params_of(row, meta.params) for _, row in asha_finals.iterrows())
+    full_configs = sorted(params_of(row, meta.params) for _, row in full_finals.iterrows())
+    ranked = full_finals.sort_values(meta.metric, ascending=meta.mode == "min")
+    print(f"\nfull search (no scheduler): {time.perf_counter() - started:.0f} s, {len(full_finals)} trials, {int(full_finals['step'].sum())} trial-steps; "
+          f"same sampled configurations as the ASHA search: {asha_configs == full_configs}")
+    print(f"| rank | {' | '.join(meta.params)} | {meta.metric} at max_t | ASHA's best |")
+    print(f"|---|{'---|' * len(meta.params)}---|---|")
+    best_params = params_of(asha_finals.loc[asha_best], meta.params) if asha_best is not None else None
+    for rank, (_, row) in enumerate(ranked.iterrows(), 1):
+        params = params_of(row, meta.params)
+        print(f"| {rank} | {' | '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in params)} | {row[meta.metric]:.4f} | {'yes' if params == best_params else ''} |")
 
 
 if __name__ == "__main__":

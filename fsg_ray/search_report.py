@@ -206,11 +206,15 @@ def render(run_uri: str, frame: pd.DataFrame, meta: SearchMeta) -> None:
     storage.write_bytes(storage.join(run_uri, "report.html"), render_html(frame, meta, figure, run_uri, best_config).encode())
 
 
-def write_search_outputs(frame: pd.DataFrame, search: SearchConfig, metric: str, run_uri: str) -> SearchSummary:
-    """results.parquet, best.yaml, best/generator.pt, search.png and report.html under `run_uri`."""
+def search_meta(search: SearchConfig, metric: str) -> SearchMeta:
     scales = {path: "categorical" if space.space in ("choice", "grid_search") and not all(isinstance(v, (int, float)) for v in space.values)
               else "log" if space.space == "loguniform" else "linear" for path, space in search.search.items()}
-    meta = SearchMeta(search.name, metric, search.metric.mode, scales)
+    return SearchMeta(search.name, metric, search.metric.mode, scales)
+
+
+def write_search_outputs(frame: pd.DataFrame, search: SearchConfig, meta: SearchMeta, run_uri: str) -> SearchSummary:
+    """results.parquet, best.yaml, best/generator.pt, search.png and report.html under `run_uri`."""
+    metric = meta.metric
     write_results(frame, meta, run_uri)
     best = best_trial(frame, meta)
     if best is not None:

@@ -108,7 +108,7 @@ def test_failed_build_falls_back_to_the_reference_with_one_warning(monkeypatch, 
     monkeypatch.setattr(cuda_ops, "_build_error", None)
     caplog.set_level(logging.INFO, logger="fsg_ray.nets.ops")
     # The decision for a CUDA device; a failed build returns before any CUDA call, so no GPU is needed.
-    assert ops._fused_ops_faster.__wrapped__(torch.device("cuda", 0)) == frozenset()
+    assert ops._fused_ops_work.__wrapped__(torch.device("cuda", 0)) is False
     reason = "fused CUDA ops failed to build: fused_act.cu(3): error: boom"
     assert [(record.levelname, record.getMessage()) for record in caplog.records] == [
         ("WARNING", f"fsg_ray.ops: using reference PyTorch ops ({reason})")
@@ -195,7 +195,7 @@ def test_fused_upfirdn2d_double_backward_is_correct(up, down, pad):
 
 @gpu_parity
 def test_auto_on_cuda_logs_one_path_line_and_matches_reference(fresh_log, caplog, monkeypatch):
-    monkeypatch.setattr(ops, "_fused_ops_faster", functools.cache(ops._fused_ops_faster.__wrapped__))
+    monkeypatch.setattr(ops, "_fused_ops_work", functools.cache(ops._fused_ops_work.__wrapped__))
     caplog.set_level(logging.INFO, logger="fsg_ray.nets.ops")
     torch.manual_seed(0)
     x, bias = torch.randn(2, 8, 5, 7, device="cuda"), torch.randn(8, device="cuda")

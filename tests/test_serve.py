@@ -11,6 +11,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,6 +316,39 @@ def test_hostile_requests_get_4xx_json_naming_the_problem_and_never_restart_a_re
     assert not failures, f"{len(failures)} of {len(cases)}:\n" + "\n".join(failures[:20])
     assert replica_actors() == replicas
     assert server.get("/v1/models/m0/images/1.png").status_code == 200
+
+
+@contextmanager
+def second_app(server: Server, name: str, limits: dict) -> Iterator[str]:
+    """The faces model as an application of its own beside the module's, with other limits; its URL."""
+    serve.run(build_app({"model_uris": {"faces": server.runs["faces"]}, "limits": limits}), name=name, route_prefix=f"/{name}")
+    try:
+        yield f"{server.url}/{name}"
+    finally:
+        serve.delete(name)
+
+
+def test_a_gateway_at_its_pending_limit_answers_429_json_with_retry_after(server: Server) -> None:
+    with second_app(server, "busy", {"max_pending_requests": 1, "retry_after_s": 7}) as url:
+        assert requests.get(f"{url}/v1/models/faces/images/1.png", timeout=60).status_code == 200  # the model is loaded
+        generate = lambda _: requests.post(f"{url}/v1/models/faces/generate", json={"count": 64, "start": 0}, timeout=120)  # noqa: E731
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(generate, range(6)))
+        statuses = [answer.status_code for answer in answers]
+        assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+        for answer in answers:
+            if answer.status_code == 429:
+                assert answer.headers["Retry-After"] == "7" and answer.json()["error"]["code"] == "overloaded"
+        assert generate(None).status_code == 200, "the pending count went back to zero"
+
+
+def test_a_request_over_the_timeout_gets_504_json_and_the_gateway_keeps_answering(server: Server) -> None:
+    with second_app(server, "impatient", {"request_timeout_s": 0.05}) as url:
+        slow = requests.post(f"{url}/v1/models/faces/generate", json={"count": 64, "start": 0}, timeout=60)
+        assert slow.status_code == 504 and slow.json()["error"]["code"] == "timeout", slow.text
+        assert "0.05 s" in slow.json()["error"]["message"]
+        assert requests.get(f"{url}/healthz", timeout=30).status_code == 200
+    assert server.post("/v1/models/faces/generate", {"count": 2, "start": 0}).status_code == 200
 
 
 def test_a_body_without_content_length_is_refused(server: Server) -> None:

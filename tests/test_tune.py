@@ -229,6 +229,9 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, tmp_pa
     unfinished = next(p for p in trials.iterdir() if p != finished)
     before = {"finished": mtimes(finished), "unfinished": mtimes(unfinished, committed(unfinished)), "generator": (finished / "generator.pt").stat().st_mtime_ns}
     assert not (unfinished / "generator.pt").exists()
+    so_far, _ = read_results(str(run))  # written while the search ran, before the driver died
+    first = so_far[so_far["trial_id"] == finished.name]
+    assert list(first["step"]) == [10, 20] and set(first["status"]) == {"completed"}
 
     summary = run_search(load_search_config(config), str(run))
 

@@ -4,10 +4,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.tune.experiment import Experiment
 
 from fsg_ray.cli import main
 from fsg_ray.config import ConfigError, load_config
-from fsg_ray.ray.tune import record_or_check_search
+from fsg_ray.ray.tune import record_or_check_search, tune_config, tune_space
 from fsg_ray.search_config import load_search_config
 from fsg_ray.validation import reported_key
 
@@ -189,3 +190,23 @@ def test_an_optuna_search_samples_with_optunas_tpe_on_the_searched_metric(tmp_pa
     built = tune_config(search, "kid_offline")
     assert isinstance(built.search_alg, OptunaSearch)
     assert (built.metric, built.mode, built.num_samples) == ("kid_offline", "min", 1)
+
+
+def sampled_configs(search) -> list[dict]:
+    """The configurations the search's searcher hands out first (as many as may run at once)."""
+    searcher = tune_config(search, "kid_offline").search_alg
+    space = {path: tune_space(space) for path, space in search.search.items()}
+    searcher.add_configurations([Experiment("sampled", lambda config: None, config=space, num_samples=search.num_samples)])
+    configs = []
+    while (trial := searcher.next_trial()) is not None:
+        configs.append(trial.config)
+    return configs
+
+
+def test_the_random_searcher_draws_from_base_seed_so_a_search_without_asha_samples_the_same_configs():
+    shipped = SHIPPED[0].parent / "toy_cdc.yaml"
+    with_asha, without = load_search_config(shipped), load_search_config(shipped, ["scheduler.type=none"])
+    first = sampled_configs(with_asha)
+    assert len(first) == with_asha.max_concurrent_trials
+    assert sampled_configs(without) == first
+    assert sampled_configs(load_search_config(shipped, ["base.seed=1"])) != first

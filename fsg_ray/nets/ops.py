@@ -2,9 +2,9 @@
 
 These are the reference definitions: they run on CPU and GPU alike and never need a compiler.
 Each op takes `impl`: "ref" runs the reference; "cuda" runs the fused kernel of `cuda_ops.py`
-(CUDA tensors only; it is compiled with ninja on first use); "auto" runs the fused kernel only on
-CUDA tensors, only if it built, and only for the ops a one-time timing on that device found faster
-than the reference (`_fused_ops_faster`); `impl_for_auto` makes "auto" mean one path for a while
+(CUDA tensors only; it is compiled with ninja on first use); "auto" runs the fused kernel on CUDA
+tensors when it builds and runs there (`_fused_ops_work`, the same answer in every process of one
+environment), else the reference; `impl_for_auto` makes "auto" mean one path for a while
 (benchmarks and whole-network parity checks). Which path is in use is logged once.
 """
 
@@ -14,7 +14,7 @@ import contextlib
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -114,7 +114,7 @@ def _use_fused(op: str, x: Tensor, impl: str, unsupported: str | None) -> bool:
     if not x.is_cuda:
         _log_once(logging.INFO, "fsg_ray.ops: using reference PyTorch ops (inputs are not on a CUDA device)")
         return False
-    return unsupported is None and op in _fused_ops_faster(x.device)
+    return unsupported is None and _fused_ops_work(x.device)
 
 
 _logged: set[str] = set()
@@ -127,66 +127,29 @@ def _log_once(level: int, message: str) -> None:
 
 
 @functools.cache
-def _fused_ops_faster(device: torch.device) -> frozenset[str]:
-    """Names of the ops whose fused kernel beat the reference on `device`, timed once per process.
+def _fused_ops_work(device: torch.device) -> bool:
+    """Whether the fused kernels built and run on `device`; decided once per process.
 
-    Builds the extension (minutes, once; cached on disk by torch) and times forward + backward of
-    each op on one mid-sized layer of the 256px generator. The session that wrote this had no GPU:
-    neither the kernels' speed nor which ops this check picks has been measured yet.
+    Deliberately not a timing: every process must choose the same path, or a synthesis worker and the
+    endpoint would render other bits than `fsg sample` for the same seed. bench/gpu_step.py and
+    bench/gen_forward.py compare the two paths' speed.
     """
     try:
         cuda_ops.load_extension()
     except cuda_ops.FusedOpsUnavailable:
-        reason = f"fused CUDA ops failed to build: {cuda_ops.build_error_summary()}"
-        logger.warning("fsg_ray.ops: using reference PyTorch ops (%s)", reason)
-        return frozenset()
+        logger.warning("fsg_ray.ops: using reference PyTorch ops (fused CUDA ops failed to build: %s)", cuda_ops.build_error_summary())
+        return False
     try:
-        # The first call may come from inference code; the timing itself needs autograd.
+        # The first call may come from inference code; the check runs each kernel forward and backward.
         with torch.inference_mode(False), torch.enable_grad(), torch.cuda.device(device):
-            timings = {op: (_time_ms(run, "cuda"), _time_ms(run, "ref")) for op, run in _timing_cases(device).items()}
+            x = torch.randn(1, 4, 8, 8, device=device, requires_grad=True)
+            bias = torch.zeros(4, device=device, requires_grad=True)
+            out = upfirdn2d(bias_leaky_relu(x, bias, impl="cuda"), make_kernel([1, 3, 3, 1]).to(device), pad=(1, 1), impl="cuda")
+            out.sum().backward()
+            torch.cuda.synchronize(device)
     except RuntimeError as error:  # e.g. "no kernel image is available": built for another arch
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         logger.warning("fsg_ray.ops: using reference PyTorch ops (fused CUDA ops failed on %s: %s)", device, first_line)
-        return frozenset()
-    faster = frozenset(op for op, (fused, ref) in timings.items() if fused < ref)
-    detail = ", ".join(f"{op} {fused:.3f} vs {ref:.3f} ms" for op, (fused, ref) in timings.items())
-    if faster == set(timings):
-        logger.info("fsg_ray.ops: using fused CUDA ops (fused vs reference: %s)", detail)
-    elif not faster:
-        logger.info("fsg_ray.ops: using reference PyTorch ops (fused CUDA ops measured slower: %s)", detail)
-    else:
-        slower = sorted(set(timings) - faster)
-        logger.info(
-            "fsg_ray.ops: using fused CUDA ops for %s, reference PyTorch ops for %s (fused vs reference: %s)",
-            ", ".join(sorted(faster)),
-            ", ".join(slower),
-            detail,
-        )
-    return faster
-
-
-def _timing_cases(device: torch.device) -> dict[str, Callable[[str], Tensor]]:
-    """One representative generator-sized call per op at batch 8: bias + activation of a 512-channel
-    32x32 map, and the blur (pad 1, 4x4 taps) of a 256-channel 65x65 stride-2 transposed-conv output."""
-    x = torch.randn(8, 512, 32, 32, device=device, requires_grad=True)
-    bias = torch.randn(512, device=device, requires_grad=True)
-    image = torch.randn(8, 256, 65, 65, device=device, requires_grad=True)
-    kernel = make_kernel([1, 3, 3, 1]).to(device) * 4
-    return {
-        "bias_leaky_relu": lambda impl: bias_leaky_relu(x, bias, impl=impl),
-        "upfirdn2d": lambda impl: upfirdn2d(image, kernel, pad=(1, 1), impl=impl),
-    }
-
-
-def _time_ms(run: Callable[[str], Tensor], impl: str, repeats: int = 10) -> float:
-    """Mean milliseconds of forward + backward of `run(impl)` on the current device, after warm-up
-    (which also lets cuDNN pick its algorithm for the reference)."""
-    for _ in range(3):
-        run(impl).sum().backward()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        run(impl).sum().backward()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / repeats
+        return False
+    logger.info("fsg_ray.ops: using fused CUDA ops on %s", device)
+    return True

@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import posixpath
+import time
 from typing import Any
 
 import pandas as pd
@@ -23,6 +24,7 @@ import pyarrow.fs as pafs
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.search import BasicVariantGenerator
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import EXPORT_FILE, RunSpec, export_final_generator
@@ -32,7 +34,7 @@ from fsg_ray.ray.cluster import connect
 from fsg_ray.ray.inputs import ShippedInputs
 from fsg_ray.ray.train import Scaling, make_trainer, pin_local_inputs, ray_storage, ship_inputs
 from fsg_ray.search_config import SearchConfig, Space, first_difference
-from fsg_ray.search_report import SearchSummary, write_search_outputs
+from fsg_ray.search_report import RESULTS_FILE, SearchMeta, SearchSummary, read_results, search_meta, write_results, write_search_outputs
 from fsg_ray.validation import Validation, reported_key
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ TRIALS_DIR = "trials"
 SEARCH_FILE = "search.yaml"
 # The trial function only waits on its TorchTrainer (whose controller takes no CPU); the workers hold the CPUs.
 TRIAL_DRIVER_CPUS = 0.1
+LIVE_WRITE_S = 30.0  # how stale RUN_URI/results.parquet may be while trials report
 
 
 def tune_space(space: Space) -> Any:
@@ -104,14 +107,16 @@ def tune_config(search: SearchConfig, metric: str) -> tune.TuneConfig:
     s = search.scheduler
     if s.type == "asha":
         scheduler = tune.schedulers.ASHAScheduler(time_attr=s.time_attr, max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    search_alg = None
+    # Both searchers draw from base.seed: the same file samples the same configurations, with or without ASHA.
     if search.searcher.type == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
-        search_alg = OptunaSearch(seed=search.base.seed)
+        search_alg, max_concurrent = OptunaSearch(seed=search.base.seed), search.max_concurrent_trials
+    else:
+        search_alg, max_concurrent = BasicVariantGenerator(max_concurrent=search.max_concurrent_trials, random_state=search.base.seed), None
     return tune.TuneConfig(
         metric=metric, mode=search.metric.mode, scheduler=scheduler, search_alg=search_alg,
-        num_samples=search.num_samples, max_concurrent_trials=search.max_concurrent_trials,
+        num_samples=search.num_samples, max_concurrent_trials=max_concurrent,
     )
 
 
@@ -130,6 +135,7 @@ def tuner(search: SearchConfig, run_uri: str, metric: str, inputs: ShippedInputs
     experiment, filesystem = experiment_path(run_uri)
     if tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         log.info("resuming the search in %s", storage.join(run_uri, TUNE_DIR))
+        # The run config, LiveResults included, comes back from the experiment state.
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, storage_filesystem=filesystem)
     return tune.Tuner(
         trainable,
@@ -141,35 +147,106 @@ def tuner(search: SearchConfig, run_uri: str, metric: str, inputs: ShippedInputs
             storage_filesystem=filesystem,
             # A trial whose Train run gave up (or whose process died) starts again, resuming its Train run.
             failure_config=tune.FailureConfig(max_failures=search.trial.max_failures),
+            callbacks=[LiveResults(search, run_uri, search_meta(search, metric))],
         ),
     )
 
 
-def _trial_status(steps_done: int, steps: int, error: bool) -> str:
+def _trial_status(steps_done: int, steps: int, error: bool, running: bool = False) -> str:
     if error:
         return "error"
+    if running:
+        return "running"
     return "completed" if steps_done >= steps else "stopped_early"
 
 
-def results_frame(grid: tune.ResultGrid, search: SearchConfig, run_uri: str) -> pd.DataFrame:
+@dataclasses.dataclass(frozen=True)
+class TrialReports:
+    """What one trial reported so far: Tune's result rows (metrics and bookkeeping), as a frame."""
+
+    trial_id: str
+    config: dict[str, Any]
+    reports: pd.DataFrame
+    error: bool
+    running: bool = False
+
+
+def results_frame(trials: list[TrialReports], search: SearchConfig, run_uri: str) -> pd.DataFrame:
     """One row per trial and report: trial, status, parameters, step, every reported number, checkpoint URI."""
     frames = []
-    for result in grid:
-        reports = result.metrics_dataframe
-        if reports is None or reports.empty or result.config is None:
+    for trial in trials:
+        reports = trial.reports
+        if reports.empty or "step" not in reports:
             continue
-        trial_id = str(reports["trial_id"].iloc[-1])
-        params = {path: result.config[path] for path in search.search}
-        steps = search.trial_config(params).steps
-        reported = reports.drop(columns=[c for c in reports.columns if c.startswith("config/") or c in TUNE_BOOKKEEPING])
-        frame = pd.DataFrame({"trial_id": trial_id, "status": _trial_status(int(reports["step"].max()), steps, result.error is not None)}, index=reported.index)
+        params = {path: trial.config[path] for path in search.search}
+        status = _trial_status(int(reports["step"].max()), search.trial_config(params).steps, trial.error, trial.running)
+        reported = reports.drop(columns=[c for c in reports.columns if c.startswith("config") or c in TUNE_BOOKKEEPING])
+        frame = pd.DataFrame({"trial_id": trial.trial_id, "status": status}, index=reported.index)
         for path, value in params.items():
             frame[path] = value
         frame = pd.concat([frame, reported], axis=1)
         # The file itself: load_generator, fsg sample and fsg eval take it as is.
-        frame["checkpoint"] = [storage.join(trial_uri(run_uri, trial_id), checkpoint_dir_name(int(step)), CHECKPOINT_FILE) for step in reports["step"]]
+        frame["checkpoint"] = [storage.join(trial_uri(run_uri, trial.trial_id), checkpoint_dir_name(int(step)), CHECKPOINT_FILE) for step in reports["step"]]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True).sort_values(["trial_id", "step"], ignore_index=True) if frames else pd.DataFrame()
+
+
+def grid_reports(grid: tune.ResultGrid) -> list[TrialReports]:
+    """The finished experiment's trials, as Tune kept them."""
+    trials = []
+    for result in grid:
+        reports = result.metrics_dataframe
+        if reports is None or reports.empty or result.config is None:
+            continue
+        trials.append(TrialReports(str(reports["trial_id"].iloc[-1]), result.config, reports, result.error is not None))
+    return trials
+
+
+class LiveResults(tune.Callback):
+    """Keeps RUN_URI/results.parquet current while the search runs: rewritten when a trial ends and at most
+    every LIVE_WRITE_S otherwise, so a search in progress, or one whose driver died, can be read (and
+    `fsg tune --report` rendered) before the final tables. A resumed search starts from the file.
+
+    Tune pickles its callbacks with the experiment and a restored search runs the unpickled copy, so
+    the state is (re)built in `setup`, which every start and restore calls.
+    """
+
+    def __init__(self, search: SearchConfig, run_uri: str, meta: SearchMeta):
+        self.search, self.run_uri, self.meta = search, run_uri, meta
+
+    def setup(self, **info: Any) -> None:
+        self.rows: dict[str, list[dict[str, Any]]] = {}
+        self.trials: dict[str, TrialReports] = {}
+        self.earlier = read_results(self.run_uri)[0] if storage.exists(storage.join(self.run_uri, RESULTS_FILE)) else pd.DataFrame()
+        self.written_at = 0.0
+
+    def _update(self, trial: Any, error: bool = False, running: bool = False) -> None:
+        rows = self.rows.get(trial.trial_id, [])
+        reports = pd.DataFrame(rows) if rows else pd.DataFrame()
+        self.trials[trial.trial_id] = TrialReports(trial.trial_id, trial.config, reports, error, running)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.rows.setdefault(trial.trial_id, []).append({k: v for k, v in result.items() if not isinstance(v, dict)})
+        self._update(trial, running=True)
+        if time.monotonic() - self.written_at >= LIVE_WRITE_S:
+            self.write()
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trial)
+        self.write()
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._update(trial, error=True)
+        self.write()
+
+    def write(self) -> None:
+        frame = results_frame(list(self.trials.values()), self.search, self.run_uri)
+        if not self.earlier.empty:
+            kept = self.earlier[~self.earlier["trial_id"].isin(frame["trial_id"] if not frame.empty else [])]
+            frame = pd.concat([kept, frame], ignore_index=True).sort_values(["trial_id", "step"], ignore_index=True)
+        if not frame.empty:
+            write_results(frame, self.meta, self.run_uri)
+        self.written_at = time.monotonic()
 
 
 # Tune's own fields in every result; what a trial reported is kept.
@@ -196,8 +273,8 @@ def run_search(search: SearchConfig, run_uri: str) -> SearchSummary:
     metric = reported_key(search.metric.name, search.eval.features)
     inputs = ship_inputs(RunSpec(search.source, search.target, search.base))
     grid = tuner(search, run_uri, metric, inputs).fit()
-    frame = results_frame(grid, search, run_uri)
+    frame = results_frame(grid_reports(grid), search, run_uri)
     if frame.empty:
         raise RuntimeError(f"no trial of {run_uri} reported a result; errors: {[str(e) for e in grid.errors]}")
     export_missing_generators(frame, run_uri)
-    return write_search_outputs(frame, search, metric, run_uri)
+    return write_search_outputs(frame, search, search_meta(search, metric), run_uri)

@@ -33,6 +33,7 @@ GALLERY = Path(__file__).parent / "static" / "gallery.html"
 OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
 IMAGE_CACHE_CONTROL = "public, max-age=86400"  # a model id may be retrained; the ETag revalidates it
 READY_TIMEOUT_S = 5.0
+HEALTH_HEADROOM = 16  # requests a full gateway replica still takes: health probes, listings, the gallery
 
 
 class Gateway:
@@ -42,6 +43,7 @@ class Gateway:
         self.generator, self.settings, self.limits = generator, settings, settings.limits
         self.registry = ModelRegistry(settings.models, settings.model_uris, settings.listing_ttl_s)
         self.keys = load_api_keys(settings.api_keys_file)
+        self.pending = 0  # generator calls in flight; the replica's event loop is the only writer
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         return create_api(self)
@@ -58,22 +60,34 @@ class Gateway:
         return model_id
 
     async def call(self, model_id: str, method: str, *args: Any) -> Any:
-        """One generator call for a model, bounded by the request timeout; its failures as API errors."""
-        response: DeploymentResponse = getattr(self.generator.options(multiplexed_model_id=model_id), method).remote(*args)
+        """One generator call for a model, bounded by the request timeout; its failures as API errors.
+
+        Admission is counted here rather than left to Serve's queues so that an overloaded gateway still
+        answers in the API's own JSON; Serve's 429 (plain text) only backs it up.
+        """
+        if self.pending >= self.limits.max_pending_requests:
+            raise self.overloaded()
+        self.pending += 1
         try:
+            response: DeploymentResponse = getattr(self.generator.options(multiplexed_model_id=model_id), method).remote(*args)
             return await asyncio.wait_for(response, timeout=self.limits.request_timeout_s)
         except asyncio.TimeoutError:
             response.cancel()
             raise ApiError(504, "timeout", None, f"the request took longer than {self.limits.request_timeout_s} s") from None
         except BackPressureError:
-            retry = str(self.limits.retry_after_s)
-            raise ApiError(429, "overloaded", None, "the generators' queues are full; retry later", {"Retry-After": retry}) from None
+            raise self.overloaded() from None
         except UnknownModel as exc:
             raise ApiError(404, "unknown_model", "model", cause_message(exc)) from None
         except SourceUnavailable as exc:
             raise ApiError(404, "no_source", "model", cause_message(exc)) from None
         except ModelLoadError as exc:
             raise ApiError(503, "model_unavailable", "model", cause_message(exc)) from None
+        finally:
+            self.pending -= 1
+
+    def overloaded(self) -> ApiError:
+        retry = str(self.limits.retry_after_s)
+        return ApiError(429, "overloaded", None, "the generators are busy; retry after the Retry-After seconds", {"Retry-After": retry})
 
 
 def cause_message(exc: Exception) -> str:
@@ -183,13 +197,11 @@ def application(settings: ServeSettings) -> serve.Application:
     )
     # Batching travels only in user_config: a change reconfigures the replicas instead of restarting them.
     unbatched = replace(settings, batch=BatchSettings())
-    return GatewayDeployment.bind(generator.bind(unbatched), unbatched)
+    gateway = GatewayDeployment.options(
+        max_ongoing_requests=settings.limits.max_pending_requests + HEALTH_HEADROOM,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=settings.limits.retry_after_s),
+    )
+    return gateway.bind(generator.bind(unbatched), unbatched)
 
 
-GatewayDeployment = serve.deployment(
-    name="Gateway",
-    ray_actor_options={"num_cpus": 0.5},
-    max_ongoing_requests=64,
-    max_queued_requests=128,
-    backpressure_config=BackpressureConfig(status_code=429, retry_after_s=1),
-)(serve.ingress()(Gateway))
+GatewayDeployment = serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.5}, max_queued_requests=128)(serve.ingress()(Gateway))

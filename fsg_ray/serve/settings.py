@@ -24,10 +24,11 @@ class Limits:
     max_output_size: int = 1024
     max_columns: int = 64
     request_timeout_s: float = 60.0
-    retry_after_s: int = 1  # the Retry-After of a 429 when the generators' queues are full
+    max_pending_requests: int = 48  # generator calls one gateway replica has in flight; more are answered 429
+    retry_after_s: int = 1  # the Retry-After of a 429
 
     def __post_init__(self) -> None:
-        for key in ("max_images_per_request", "max_body_bytes", "max_seed", "max_output_size", "max_columns", "retry_after_s"):
+        for key in ("max_images_per_request", "max_body_bytes", "max_seed", "max_output_size", "max_columns", "max_pending_requests", "retry_after_s"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"limits.{key}: expected a positive integer, got {getattr(self, key)}")
         if not 0.0 <= self.min_truncation <= self.max_truncation:
