@@ -20,6 +20,7 @@ import datetime
 import json
 import math
 import multiprocessing
+import os
 import platform
 import shlex
 import shutil
@@ -216,8 +217,8 @@ def replace_section(text: str, heading: str, body: str) -> str:
 
 def machine_note(args: argparse.Namespace, wall_s: float, command: str) -> list[str]:
     return [
-        f"Machine: 2-core x86_64 CPU shared with parallel work by other engineers (the box was loaded), no GPU "
-        f"({platform.machine()}, torch {torch.__version__}, 1 thread per run). Date: {datetime.date.today().isoformat()}.",
+        f"Machine: {os.cpu_count()}-core {platform.machine()} CPU, no GPU (torch {torch.__version__}, 1 thread per run); load average over "
+        f"the last 15 min at the end: {os.getloadavg()[2]:.1f} (the runs' own processes included). Date: {datetime.date.today().isoformat()}.",
         f"Command: `{command}`; it took {wall_s / 60:.1f} min in all.",
     ]
 

@@ -82,6 +82,36 @@ def main() -> None:
     print(f"outputs: {out}")
 
 
+def successive_halving(frame: pd.DataFrame, metric: str, mode: str, grace: int, factor: int, max_t: int) -> tuple[int, list[str]]:
+    """Synchronous successive halving replayed on a full search's recorded curves: the trial-steps it would
+    train and the trials it would run to max_t (the best 1/factor at each rung grace * factor^k)."""
+    alive, used, reached, rung = sorted(frame["trial_id"].unique()), 0, 0, grace
+    while True:
+        rung = min(rung, max_t)
+        used += len(alive) * (rung - reached)
+        if rung == max_t:
+            return used, alive
+        at_rung = frame[(frame["step"] == rung) & frame["trial_id"].isin(alive)].set_index("trial_id")[metric]
+        keep = max(1, -(-len(alive) // factor))
+        alive = sorted(at_rung.sort_values(ascending=mode == "min").index[:keep])
+        reached, rung = rung, rung * factor
+
+
+def print_halving_table(frame: pd.DataFrame, meta: SearchMeta, max_t: int, every: int) -> None:
+    finals = final_rows(frame)
+    best = finals[meta.metric].idxmin() if meta.mode == "min" else finals[meta.metric].idxmax()
+    full = len(finals) * max_t
+    print(f"\nsuccessive halving replayed on the full search's curves (full best: {best})")
+    print("| grace | factor | trial-steps | share | full best kept | trials to max_t |")
+    print("|---|---|---|---|---|---|")
+    for grace in range(every, max_t, every):
+        for factor in (2, 3, 4):
+            if any(r % every for r in (grace * factor**k for k in range(4)) if r < max_t):
+                continue  # a rung between reports cannot be replayed
+            used, kept = successive_halving(frame, meta.metric, meta.mode, grace, factor, max_t)
+            print(f"| {grace} | {factor} | {used} | {used / full:.0%} | {'yes' if best in kept else 'no'} | {len(kept)} |")
+
+
 def params_of(row: pd.Series, names: list[str]) -> tuple:
     return tuple(row[name].item() if hasattr(row[name], "item") else row[name] for name in names)
 
@@ -98,6 +128,7 @@ def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, 
     ranked = full_finals.sort_values(meta.metric, ascending=meta.mode == "min")
     print(f"\nfull search (no scheduler): {time.perf_counter() - started:.0f} s, {len(full_finals)} trials, {int(full_finals['step'].sum())} trial-steps; "
           f"same sampled configurations as the ASHA search: {asha_configs == full_configs}")
+    print_halving_table(full_frame, meta, full_search.scheduler.max_t, full_search.eval.every)
     print(f"| rank | {' | '.join(meta.params)} | {meta.metric} at max_t | ASHA's best |")
     print(f"|---|{'---|' * len(meta.params)}---|---|")
     best_params = params_of(asha_finals.loc[asha_best], meta.params) if asha_best is not None else None

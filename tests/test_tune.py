@@ -25,7 +25,7 @@ from fsg_ray.nets.checkpoints import read_checkpoint
 from fsg_ray.ray.cluster import start_local
 from fsg_ray.ray.tune import experiment_path, run_search
 from fsg_ray.search_config import load_search_config
-from fsg_ray.search_report import read_results
+from fsg_ray.search_report import read_results, rerender
 
 # A cap against hangs; on a 2-core box shared with other work the S3 search alone has taken over 4 minutes.
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -232,6 +232,8 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, tmp_pa
     so_far, _ = read_results(str(run))  # written while the search ran, before the driver died
     first = so_far[so_far["trial_id"] == finished.name]
     assert list(first["step"]) == [10, 20] and set(first["status"]) == {"completed"}
+    rerender(str(run))  # fsg tune --report draws the search as far as it got
+    assert "<table" in (run / "report.html").read_text() and (run / "search.png").exists()
 
     summary = run_search(load_search_config(config), str(run))
 
