@@ -23,7 +23,7 @@ def run_server(settings: ServeSettings, host: str, port: int, address: str | Non
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        pass
+        print("stopping: replicas finish their requests first (about 10 s)", flush=True)
     finally:
         serve.shutdown()
         ray.shutdown()
