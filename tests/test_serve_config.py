@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import jsonschema
 import pytest
+import ray
 import torch
 import yaml
 from ray.serve.schema import ServeDeploySchema
 from tiny import tiny_source
 
+from fsg_ray.cli import main as fsg
 from fsg_ray.config import ConfigError
 from fsg_ray.nets.checkpoints import build_generator
 from fsg_ray.nets.stylegan2 import NoiseInjection
@@ -145,3 +148,11 @@ def test_seeded_noise_is_fixed_by_the_seed() -> None:
     first, again = (render(g, [5, 6], 1.0, "seeded", torch.device("cpu")) for _ in range(2))
     assert torch.equal(first, again)
     assert not torch.allclose(first, render(g, [5, 6], 1.0, "const", torch.device("cpu")))
+
+
+def test_fsg_serve_refuses_a_taken_port_before_starting_ray(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert fsg(["serve", "--models", str(tmp_path), "--port", str(port)]) == 2
+    assert f"--host/--port 127.0.0.1:{port}: cannot listen there" in capsys.readouterr().err
+    assert not ray.is_initialized()
