@@ -30,7 +30,7 @@ from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, ru
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.tune import run_search, validation_of
 from fsg_ray.search_config import SearchConfig, load_search_config
-from fsg_ray.search_report import SearchMeta, final_rows, read_results
+from fsg_ray.search_report import SearchMeta, final_rows, plain_value, read_results
 
 
 def baseline_trial(search: SearchConfig, params: dict, steps: int, report_steps: list[int], out: str) -> float:
@@ -66,7 +66,7 @@ def main() -> None:
     print(f"\n{'trial':<14}{'status':<15}{'steps':>6}{'tune s':>9}{'adapt s':>9}{'ratio':>7}  {meta.metric}")
     for trial_id, last in finals.iterrows():
         reports = frame[frame["trial_id"] == trial_id]
-        params = {path: last[path].item() if hasattr(last[path], "item") else last[path] for path in meta.params}
+        params = {path: plain_value(last[path]) for path in meta.params}
         steps = int(last["step"])
         plain = baseline_trial(search, params, steps, [int(s) for s in reports["step"]], str(Path(out) / "baseline" / trial_id))
         tune_s, base_s, steps_run = tune_s + float(last["time_total_s"]), base_s + plain, steps_run + steps
@@ -113,7 +113,7 @@ def print_halving_table(frame: pd.DataFrame, meta: SearchMeta, max_t: int, every
 
 
 def params_of(row: pd.Series, names: list[str]) -> tuple:
-    return tuple(row[name].item() if hasattr(row[name], "item") else row[name] for name in names)
+    return tuple(plain_value(row[name]) for name in names)
 
 
 def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, meta: SearchMeta, asha_best: str | None) -> None:

@@ -60,7 +60,7 @@ class SearchSummary:
     best_params: dict[str, Any]
 
 
-def _python(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     """numpy scalars from the table as plain Python values (the config schema checks exact types)."""
     return value.item() if hasattr(value, "item") else value
 
@@ -95,7 +95,7 @@ def read_results(run_uri: str) -> tuple[pd.DataFrame, SearchMeta]:
 
 def best_yaml(search: SearchConfig, best: pd.Series, meta: SearchMeta, run_uri: str) -> str:
     """The best trial's complete AdaptConfig, runnable with `fsg adapt --config best.yaml`."""
-    params = {path: _python(best[path]) for path in meta.params}
+    params = {path: plain_value(best[path]) for path in meta.params}
     config = search.trial_config(params)
     header = [
         f"# Best trial of the search {meta.name!r} ({run_uri}): {best.name}, {meta.metric} = {best[meta.metric]:.6g} at step {int(best['step'])} ({meta.mode} is better)",
@@ -222,7 +222,7 @@ def write_search_outputs(frame: pd.DataFrame, search: SearchConfig, meta: Search
         copy_best_generator(best, run_uri)
     render(run_uri, frame, meta)
     statuses = final_rows(frame)["status"].value_counts().to_dict()
-    params = {path: _python(best[path]) for path in meta.params} if best is not None else {}
+    params = {path: plain_value(best[path]) for path in meta.params} if best is not None else {}
     value = float(best[metric]) if best is not None else None
     return SearchSummary(run_uri, metric, sum(statuses.values()), statuses, None if best is None else str(best.name), value, params)
 

@@ -180,7 +180,7 @@ def results_frame(trials: list[TrialReports], search: SearchConfig, run_uri: str
             continue
         params = {path: trial.config[path] for path in search.search}
         status = _trial_status(int(reports["step"].max()), search.trial_config(params).steps, trial.error, trial.running)
-        reported = reports.drop(columns=[c for c in reports.columns if c.startswith("config") or c in TUNE_BOOKKEEPING])
+        reported = reports.drop(columns=[c for c in reports.columns if c.startswith("config/") or c in TUNE_BOOKKEEPING])
         frame = pd.DataFrame({"trial_id": trial.trial_id, "status": status}, index=reported.index)
         for path, value in params.items():
             frame[path] = value
@@ -216,31 +216,28 @@ class LiveResults(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {}
-        self.trials: dict[str, TrialReports] = {}
+        self.state: dict[str, tuple[dict[str, Any], bool, bool]] = {}  # trial id -> (config, error, running)
         self.earlier = read_results(self.run_uri)[0] if storage.exists(storage.join(self.run_uri, RESULTS_FILE)) else pd.DataFrame()
         self.written_at = 0.0
 
-    def _update(self, trial: Any, error: bool = False, running: bool = False) -> None:
-        rows = self.rows.get(trial.trial_id, [])
-        reports = pd.DataFrame(rows) if rows else pd.DataFrame()
-        self.trials[trial.trial_id] = TrialReports(trial.trial_id, trial.config, reports, error, running)
-
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.rows.setdefault(trial.trial_id, []).append({k: v for k, v in result.items() if not isinstance(v, dict)})
-        self._update(trial, running=True)
+        self.state[trial.trial_id] = (trial.config, False, True)
         if time.monotonic() - self.written_at >= LIVE_WRITE_S:
             self.write()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._update(trial)
+        self.state[trial.trial_id] = (trial.config, False, False)
         self.write()
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._update(trial, error=True)
+        self.state[trial.trial_id] = (trial.config, True, False)
         self.write()
 
     def write(self) -> None:
-        frame = results_frame(list(self.trials.values()), self.search, self.run_uri)
+        trials = [TrialReports(trial_id, config, pd.DataFrame(self.rows.get(trial_id, [])), error, running)
+                  for trial_id, (config, error, running) in self.state.items()]
+        frame = results_frame(trials, self.search, self.run_uri)
         if not self.earlier.empty:
             kept = self.earlier[~self.earlier["trial_id"].isin(frame["trial_id"] if not frame.empty else [])]
             frame = pd.concat([kept, frame], ignore_index=True).sort_values(["trial_id", "step"], ignore_index=True)

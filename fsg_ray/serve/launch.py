@@ -34,7 +34,7 @@ def run_server(settings: ServeSettings, host: str, port: int, address: str | Non
 
 
 def check_can_listen(host: str, port: int) -> None:
-    """Refuse a taken or unusable address before starting Ray: Serve's proxy would fail minutes later in a traceback.
+    """Refuse a taken or unusable address before starting Ray: Serve's proxy would fail after Ray started, in a traceback.
 
     Only for a cluster this process starts: on a joined cluster the port may be Serve's own proxy.
     """
