@@ -2,7 +2,7 @@
 
 For each target (toy:sketch, painting, sunglasses, babies) the unadapted source is evaluated first as
 a reference row, then each method (CDC and the baselines of SPEC §5) is adapted with the same steps
-and seed and evaluated with `fsg_ray.evaluate`: KID (and FID when the sample counts define it) with
+and seed and evaluated with `fsg_ray.eval.protocol`: KID (and FID when the sample counts define it) with
 the FID Inception, intra-cluster ST-LPIPS, the correspondence ratios for every target and the
 correspondence error where the target is image-space. Each target's held-out images go through the
 Inception once (cached under --out). Rows are ranked by KID within their target. Writes per-run
@@ -38,7 +38,9 @@ from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
 from fsg_ray.config import load_config
 from fsg_ray.data import toy
-from fsg_ray.evaluate import FEATURES, EvalResult, EvalSettings, evaluate, load_sampler, parse_metrics, target_features
+from fsg_ray.adapt.sampler import load_sampler
+from fsg_ray.eval.protocol import evaluate, parse_metrics, target_features
+from fsg_ray.eval.results import FEATURES, EvalResult, EvalSettings
 from fsg_ray.grids import save_png, seeded_z, stored_noise, to_pil
 
 TARGETS = ("sketch", "painting", "sunglasses", "babies")

@@ -26,7 +26,7 @@ import requests
 import torch
 from ray import serve
 
-from fsg_ray.evaluate import load_sampler
+from fsg_ray.adapt.sampler import load_sampler
 from fsg_ray.ray.cluster import free_port
 from fsg_ray.serve.app import build_app
 from fsg_ray.serve.rendering import encode, render

@@ -25,7 +25,7 @@ import time
 
 import torch
 
-from fsg_ray.evaluate import load_sampler
+from fsg_ray.adapt.sampler import load_sampler
 from fsg_ray.grids import seeded_z
 from fsg_ray.ray.cluster import connect
 from fsg_ray.ray.synthesize import Summary, synthesize

@@ -29,8 +29,8 @@ from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.tune import run_search, validation_of
-from fsg_ray.search_config import SearchConfig, load_search_config
-from fsg_ray.search_report import SearchMeta, final_rows, plain_value, read_results
+from fsg_ray.search.config import SearchConfig, load_search_config
+from fsg_ray.search.report import SearchMeta, final_rows, plain_value, read_results
 
 
 def baseline_trial(search: SearchConfig, params: dict, steps: int, report_steps: list[int], out: str) -> float:

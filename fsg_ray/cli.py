@@ -51,7 +51,7 @@ def cmd_adapt(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from fsg_ray.evaluate import load_sampler
+    from fsg_ray.adapt.sampler import load_sampler
     from fsg_ray.grids import image_grid, pair_grid, parse_seeds, same_noise_pair, save_png, seeded_z
 
     g, _ = load_sampler(args.generator)
@@ -96,8 +96,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fsg_ray.evaluate import EvalSettings, evaluate, parse_metrics
-    from fsg_ray.report import extractor_notice
+    from fsg_ray.eval.protocol import EvalSettings, evaluate, parse_metrics
+    from fsg_ray.eval.report import extractor_notice
 
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None
     settings = EvalSettings(n_generated=args.n_generated, n_real=args.n_real, n_lpips=args.n_lpips, n_corr=args.n_corr, seed=args.seed, features=args.features)
@@ -113,14 +113,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_tune(args: argparse.Namespace) -> None:
     """A search over AdaptConfig fields on Ray Tune (`tune_configs/*.yaml`), or its report again (--report)."""
     if args.report:
-        from fsg_ray.search_report import rerender
+        from fsg_ray.search.report import rerender
 
         rerender(args.report)
         print(f"wrote {storage.join(args.report, 'search.png')} and {storage.join(args.report, 'report.html')}")
         return
     if args.config is None or args.out is None:
         raise ConfigError("fsg tune: give CONFIG and --out RUN_URI (or --report RUN_URI)")
-    from fsg_ray.search_config import load_search_config
+    from fsg_ray.search.config import load_search_config
 
     overrides = list(args.set or []) + ([f"num_samples={args.num_samples}"] if args.num_samples is not None else [])
     search = load_search_config(args.config, overrides)  # every mistake surfaces here, before Ray starts

@@ -9,7 +9,7 @@ import torch
 from tiny import write_minegan_run, write_tiny_source
 from torchvision.utils import make_grid
 
-from fsg_ray.evaluate import EvalResult, EvalSettings
+from fsg_ray.eval.results import EvalResult, EvalSettings
 from fsg_ray.grids import seeded_z
 from fsg_ray.nets.checkpoints import load_generator
 

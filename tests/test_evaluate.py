@@ -21,7 +21,9 @@ from fsg_ray import storage
 from fsg_ray.adapt.run import RunSpec, correspondence_grid, prepare
 from fsg_ray.cli import main
 from fsg_ray.config import load_config
-from fsg_ray.evaluate import EvalError, EvalSettings, MinedGenerator, evaluate, load_sampler, parse_metrics, target_features
+from fsg_ray.adapt.sampler import MinedGenerator, load_sampler
+from fsg_ray.eval.protocol import evaluate, parse_metrics, target_features
+from fsg_ray.eval.results import EvalError, EvalSettings
 from fsg_ray.nets.checkpoints import write_checkpoint
 
 SMALL = ["--n-generated", "32", "--n-real", "32", "--n-lpips", "40", "--n-corr", "8", "--features", "offline"]

@@ -24,8 +24,8 @@ from fsg_ray.config import load_config
 from fsg_ray.nets.checkpoints import read_checkpoint
 from fsg_ray.ray.cluster import start_local
 from fsg_ray.ray.tune import experiment_path, run_search
-from fsg_ray.search_config import load_search_config
-from fsg_ray.search_report import read_results, rerender
+from fsg_ray.search.config import load_search_config
+from fsg_ray.search.report import read_results, rerender
 
 # A cap against hangs; on a 2-core box shared with other work the S3 search alone has taken over 4 minutes.
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]

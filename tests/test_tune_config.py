@@ -9,8 +9,8 @@ from ray.tune.experiment import Experiment
 from fsg_ray.cli import main
 from fsg_ray.config import ConfigError, load_config
 from fsg_ray.ray.tune import record_or_check_search, tune_config, tune_space
-from fsg_ray.search_config import load_search_config
-from fsg_ray.validation import reported_key
+from fsg_ray.search.config import load_search_config
+from fsg_ray.eval.validation import reported_key
 
 SHIPPED = sorted((Path(__file__).resolve().parent.parent / "tune_configs").glob("*.yaml"))
 

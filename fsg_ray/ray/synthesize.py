@@ -20,7 +20,7 @@ import ray.data
 from tqdm import tqdm
 
 from fsg_ray import storage
-from fsg_ray.evaluate import load_sampler
+from fsg_ray.adapt.sampler import load_sampler
 from fsg_ray.ray.cluster import connect
 from fsg_ray.synth.manifest import JobRecord, claim, write_manifest
 from fsg_ray.synth.options import DatasetOptions, Scaling, SynthError

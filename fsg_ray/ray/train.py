@@ -78,7 +78,7 @@ def ray_storage(run_uri: str) -> tuple[str, str, pafs.FileSystem | None]:
 class TrainReportSink:
     """A `RunSink` whose checkpoints Ray Train commits; grids go straight to the run URI from rank 0.
 
-    With `validate` (a function of a checkpoint file, e.g. fsg_ray.validation.Validation), rank 0
+    With `validate` (a function of a checkpoint file, e.g. fsg_ray.eval.validation.Validation), rank 0
     measures each checkpoint before reporting it, and the numbers travel with that checkpoint's report.
     """
 

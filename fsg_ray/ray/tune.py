@@ -3,7 +3,7 @@
 A trial is a function that builds the same TorchTrainer as `fsg adapt --workers N`
 (fsg_ray.ray.train.make_trainer) for the run URI `RUN_URI/trials/<trial_id>`, whose last part, the
 trial id, is also the Train run's name: a restored trial resumes its Train run from the last committed
-checkpoint. Every checkpoint report carries validation metrics (fsg_ray.validation) and reaches Tune
+checkpoint. Every checkpoint report carries validation metrics (fsg_ray.eval.validation) and reaches Tune
 through TuneReportCallback, one Tune result per checkpoint, so ASHA counts training steps. Tune's own
 experiment state lives at `RUN_URI/tune`; `Tuner.restore` picks it up after the driver died.
 (RAY_NOTES: `Tuner(TorchTrainer)` fails in Ray 2.60, and the dashboard must stay on, or the next
@@ -33,9 +33,9 @@ from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.cluster import connect
 from fsg_ray.ray.inputs import ShippedInputs
 from fsg_ray.ray.train import Scaling, make_trainer, pin_local_inputs, ray_storage, ship_inputs
-from fsg_ray.search_config import SearchConfig, Space, first_difference
-from fsg_ray.search_report import RESULTS_FILE, SearchMeta, SearchSummary, read_results, search_meta, write_results, write_search_outputs
-from fsg_ray.validation import Validation, reported_key
+from fsg_ray.search.config import SearchConfig, Space, first_difference
+from fsg_ray.search.report import RESULTS_FILE, SearchMeta, SearchSummary, read_results, search_meta, write_results, write_search_outputs
+from fsg_ray.eval.validation import Validation, reported_key
 
 log = logging.getLogger(__name__)
 

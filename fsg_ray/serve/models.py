@@ -12,7 +12,7 @@ from torch import nn
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import EXPORT_FILE
-from fsg_ray.evaluate import load_sampler
+from fsg_ray.adapt.sampler import load_sampler
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, SHIPPED_MODELS, CheckpointError, latest_checkpoint_dir
 from fsg_ray.serve.registry import UnknownModel
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fsg_ray.evaluate import MinedGenerator
+from fsg_ray.adapt.sampler import MinedGenerator
 from fsg_ray.grids import seeded_z
 from fsg_ray.nets.stylegan2 import Generator
 

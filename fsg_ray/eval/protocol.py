@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from fsg_ray import storage
-from fsg_ray.adapt.methods.minegan import load_miner
+from fsg_ray.adapt.sampler import MinedGenerator, load_sampler
 from fsg_ray.data import toy
 from fsg_ray.data.images import load_eval_set, load_target
 from fsg_ray.grids import image_grid, pair_grid, same_noise_pair, save_png, seeded_z, to_pil
@@ -38,73 +38,16 @@ from fsg_ray.metrics import (
     lpips_unavailable,
 )
 from fsg_ray.metrics.features import seeded_latents
-from fsg_ray.nets.checkpoints import build_generator, read_checkpoint
 from fsg_ray.nets.stylegan2 import Generator
-from fsg_ray.report import Figure, render_report
+from fsg_ray.eval.report import Figure, render_report
+from fsg_ray.eval.results import FEATURES, EvalError, EvalResult, EvalSettings
 
 # What --metrics selects; each yields keys named after its extractor (see README, "fsg eval"):
 # fid -> fid | fid_offline; kid -> kid | kid_offline; intra_lpips -> intra_stlpips (+ intra_lpips);
 # corr -> corr_l1, corr_stlpips (+ corr_lpips); corr_ratio -> corr_edge_ratio, corr_stlpips_ratio (+ corr_lpips_ratio).
 METRIC_NAMES: tuple[str, ...] = ("fid", "kid", "intra_lpips", "corr", "corr_ratio")
-FEATURES = ("inception", "offline")
 GRID_SEEDS = list(range(8))
 MEMBERS_SHOWN = 8  # cluster members shown per training image in the report
-
-
-class EvalError(ValueError):
-    """An evaluation request that cannot be carried out as asked; the message names the bad value."""
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """How many images each metric uses, and the seed; stored with the numbers so they can be reproduced."""
-
-    n_generated: int = 5000  # FID/KID samples (SPEC §4: >= 5000; FID needs > 2048 with Inception)
-    n_real: int = 5000  # held-out images of a toy:NAME target; a folder/zip/Parquet target is used whole
-    n_lpips: int = 1000  # intra-cluster LPIPS samples (SPEC §4)
-    max_per_cluster: int = 50
-    n_corr: int = 256  # samples for corr and corr_ratio
-    seed: int = 0
-    truncation: float = 1.0
-    batch_size: int = 32
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    features: str = "inception"  # FID/KID features: "inception" (the standard numbers) or "offline" (fast, labelled)
-
-    def __post_init__(self) -> None:
-        if self.features not in FEATURES:
-            raise EvalError(f"features: expected one of {', '.join(FEATURES)}, got {self.features!r}")
-        for key in ("n_generated", "n_real", "n_lpips", "max_per_cluster", "n_corr", "batch_size", "kid_subsets", "kid_subset_size"):
-            if getattr(self, key) < 1:
-                raise EvalError(f"{key}: expected a positive integer, got {getattr(self, key)}")
-        if self.n_generated < 2 or self.n_real < 2:
-            raise EvalError(f"n_generated and n_real: KID needs at least 2 images each, got {self.n_generated} and {self.n_real}")
-        if self.n_corr < 2:
-            raise EvalError(f"n_corr: corr_ratio pairs each sample with another one, so at least 2 are needed, got {self.n_corr}")
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What `evaluate` found: metric values keyed by extractor-qualified names, and why others are absent."""
-
-    generator: str
-    target: str
-    source: str | None
-    train: str | None  # the few-shot images intra-LPIPS clusters around
-    metrics: dict[str, float]
-    not_defined: dict[str, str]
-    extractors: dict[str, str]  # "features" (FID/KID), "stlpips" and "lpips" -> the model names used
-    settings: EvalSettings
-    details: dict[str, Any] = field(default_factory=dict)
-    elapsed_s: float = 0.0
-
-    @property
-    def offline(self) -> list[str]:
-        """Names of the offline (not comparable with published numbers) extractors that were used."""
-        return [name for name in self.extractors.values() if name.startswith("offline:")]
-
-    def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "offline_extractors": self.offline}
 
 
 def parse_metrics(text: str) -> tuple[str, ...]:
@@ -146,32 +89,6 @@ def _train_images_spec(train: str | None, target: str, ckpt: dict[str, Any]) -> 
     if _toy_name(target) is not None:
         return target
     return ckpt.get("target")
-
-
-class MinedGenerator(nn.Module):
-    """A MineGAN run's sampler: its frozen G behind the trained miner, which is no part of `g_ema`."""
-
-    def __init__(self, g: Generator, miner: nn.Module):
-        super().__init__()
-        self.g, self.miner = g, miner
-        self.config, self.style_dim = g.config, g.style_dim
-
-    @property
-    def noises(self) -> nn.Module:
-        """G's stored noise maps: what `grids.stored_noise` hands to a generator compared with this one."""
-        return self.g.noises
-
-    def forward(self, z: Tensor, truncation: float = 1.0, noise: str = "const") -> Tensor:
-        return self.g(self.miner(z), truncation=truncation, noise=noise)
-
-
-def load_sampler(uri: str, device: torch.device | str = "cpu") -> tuple[Generator | MinedGenerator, dict[str, Any]]:
-    """What samples a run: the EMA generator of a checkpoint; for a MineGAN run, behind its miner (G alone would show the source)."""
-    ckpt = read_checkpoint(uri)
-    g = build_generator(ckpt)
-    if ckpt.get("method") == "minegan":
-        g = MinedGenerator(g, load_miner(ckpt))
-    return g.to(device), ckpt
 
 
 @torch.no_grad()

@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from fsg_ray.config import AdaptConfig, ConfigError, apply_overrides, config_from_dict, config_to_dict
-from fsg_ray.evaluate import FEATURES, METRIC_NAMES, correspondence_undefined
+from fsg_ray.eval.protocol import METRIC_NAMES, correspondence_undefined
+from fsg_ray.eval.results import FEATURES
 from fsg_ray.metrics.features import INCEPTION_DIM, OFFLINE_WIDTHS
 from fsg_ray.metrics.fid import fid_undefined
 

@@ -1,6 +1,6 @@
 """In-loop validation of a checkpoint: the numbers a Tune trial reports with each checkpoint and ASHA compares.
 
-It runs fsg eval's protocol (`fsg_ray.evaluate.evaluate`) on the checkpoint about to be reported, with
+It runs fsg eval's protocol (`fsg_ray.eval.protocol.evaluate`) on the checkpoint about to be reported, with
 small sample counts, and reports every number under the extractor-qualified key that protocol uses
 (`kid_offline` when the offline feature extractor did the work) plus the extractors' names.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fsg_ray.evaluate import EvalResult, EvalSettings, evaluate
+from fsg_ray.eval.protocol import evaluate
+from fsg_ray.eval.results import EvalResult, EvalSettings
 
 KID_SUBSET_SIZE = 1000  # clean-fid's; smaller validation sets use all their images per subset
 

@@ -11,12 +11,10 @@ import html
 import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 from PIL import Image
 
-if TYPE_CHECKING:  # evaluate imports this module; the type is only needed for annotations
-    from fsg_ray.evaluate import EvalResult
+from fsg_ray.eval.results import EvalResult
 
 METRIC_MEANINGS = {
     "fid": "Fréchet distance of generated vs target features (lower is better)",

@@ -11,7 +11,7 @@ import html
 import io
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 
@@ -27,10 +27,8 @@ from fsg_ray import storage  # noqa: E402
 from fsg_ray.adapt.run import EXPORT_FILE  # noqa: E402
 from fsg_ray.config import config_to_dict  # noqa: E402
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name  # noqa: E402
-from fsg_ray.report import STYLE, png_data_uri  # noqa: E402
-
-if TYPE_CHECKING:
-    from fsg_ray.search_config import SearchConfig
+from fsg_ray.eval.report import STYLE, png_data_uri  # noqa: E402
+from fsg_ray.search.config import SearchConfig  # noqa: E402
 
 RESULTS_FILE = "results.parquet"
 BEST_YAML = "best.yaml"
