@@ -46,8 +46,8 @@ from quality import (  # noqa: E402  (bench/ is on sys.path when this file runs)
 SECTION = "## budget curve (toy benchmark)"
 METHODS = ("cdc", "tgan")
 DEFAULT_BUDGETS = "50,100,200"
-DEFAULT_TARGETS = "sketch,babies"
-PLOTTED = ("kid", "intra_stlpips", "corr_edge_ratio", "corr_stlpips_ratio", "corr_l1")
+DEFAULT_TARGETS = "closed:sketch,toy:babies"
+PLOTTED = ("kid", "gap_kid", "intra_stlpips", "corr_edge_ratio", "corr_stlpips_ratio", "corr_l1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

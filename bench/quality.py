@@ -1,16 +1,21 @@
 """Toy quality benchmark: every method adapted from the shipped toy source to every toy target, one budget, one table.
 
-For each target (toy:sketch, painting, sunglasses, babies) the unadapted source is evaluated first as
-a reference row, then each method (CDC and the baselines of SPEC §5) is adapted with the same steps
+Targets are closed-world (`closed:tint|sketch|painting|negative`: shots and held-out images are
+T(G_s(z)), so the ideal T∘G_s is known) and data-defined (`toy:sketch`, `painting`, `sunglasses`,
+`babies`). For each, the unadapted source is evaluated first as a reference row (and, on a closed-world
+target, the ideal), then each method (CDC and the baselines of SPEC §5) is adapted with the same steps
 and seed and evaluated with `fsg_ray.eval.protocol`: KID (and FID when the sample counts define it) with
-the FID Inception, intra-cluster ST-LPIPS, the correspondence ratios for every target and the
-correspondence error where the target is image-space. Each target's held-out images go through the
-Inception once (cached under --out). Rows are ranked by KID within their target. Writes per-run
-reports and a method-by-method grid per target under --out, prints the table and refreshes the
-"## quality (toy benchmark)" section of bench/RESULTS.md (other sections are left alone).
+the FID Inception, intra-cluster ST-LPIPS, the correspondence ratios for every target, the paired
+distance to transform(G_s(z)) where the target has a transform, and on closed-world targets the share
+of the source-to-ideal gap each of those distances closes. Every number but FID carries its bootstrap
+interval. Each target's held-out images go through the Inception once (cached under --out). Rows are
+ranked by KID within their target; a rank marked ≈ is not resolved from the one above it (their KID
+intervals overlap). Writes per-run reports and a method-by-method grid per target under --out, prints
+the table and refreshes the "## quality (toy benchmark)" section of bench/RESULTS.md (other sections
+are left alone).
 
     .venv/bin/python bench/quality.py                       # the default budget (see RESULTS.md)
-    .venv/bin/python bench/quality.py --steps 50 --targets sketch --methods cdc,tgan   # a quick look
+    .venv/bin/python bench/quality.py --steps 50 --targets closed:sketch --methods cdc,tgan   # a quick look
 """
 
 from __future__ import annotations
@@ -36,16 +41,18 @@ from torchvision.utils import make_grid
 
 from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
-from fsg_ray.config import load_config
-from fsg_ray.data import toy
 from fsg_ray.adapt.sampler import load_sampler
-from fsg_ray.eval.protocol import evaluate, parse_metrics, target_features
+from fsg_ray.adapt.targets import closed_world
+from fsg_ray.config import load_config
+from fsg_ray.eval.protocol import IDEAL_GENERATOR, evaluate, parse_metrics, target_features, target_transform
 from fsg_ray.eval.results import FEATURES, EvalResult, EvalSettings
 from fsg_ray.grids import save_png, seeded_z, stored_noise, to_pil
 
-TARGETS = ("sketch", "painting", "sunglasses", "babies")
+CLOSED_TARGETS = ("closed:tint", "closed:sketch", "closed:painting", "closed:negative")
+TARGETS = (*CLOSED_TARGETS, "toy:sketch", "toy:painting", "toy:sunglasses", "toy:babies")
 SECTION = "## quality (toy benchmark)"
 SOURCE_ROW = "source (no adaptation)"
+IDEAL_ROW = "ideal (T∘G_s)"
 GRID_SEEDS = list(range(8))
 # The Inception takes ~0.2 s per image on one core of the development machine: KID from 200 samples
 # against 300 held-out images (FID would need 2049 of each), see RESULTS.md.
@@ -59,7 +66,7 @@ DEFAULT_TIME_LIMIT = 30.0  # `make bench` must end on a loaded shared machine to
 RANK_KEYS = ("kid", "kid_offline")  # what rows are ranked by: FID is singular at these sample counts
 
 
-Job = tuple[str, str | None, int]  # (target, method, steps); method None is the unadapted source
+Job = tuple[str, str | None, int]  # (target, method, steps); method None is the unadapted source, IDEAL_GENERATOR the ideal
 
 
 @dataclass(frozen=True)
@@ -113,8 +120,12 @@ def settings_of(args: argparse.Namespace) -> EvalSettings:
     )
 
 
+def target_dir(out: str, target: str) -> Path:
+    return Path(out) / target.replace(":", "_").replace("@", "_at_").replace("/", "_")
+
+
 def run_dir(out: str, target: str, method: str | None, steps: int) -> Path:
-    return Path(out) / target / ("source" if method is None else f"{method}-{steps}steps")
+    return target_dir(out, target) / ("source" if method is None else IDEAL_GENERATOR if method == IDEAL_GENERATOR else f"{method}-{steps}steps")
 
 
 def adapt(source: str, target: str, method: str, steps: int, seed: int, directory: Path) -> float:
@@ -122,12 +133,12 @@ def adapt(source: str, target: str, method: str, steps: int, seed: int, director
     shutil.rmtree(directory, ignore_errors=True)
     config = load_config(None, [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}"])
     started = time.perf_counter()
-    run_adaptation(RunSpec(source=source, target=f"toy:{target}", config=config), DirectorySink(str(directory)), progress=False)
+    run_adaptation(RunSpec(source=source, target=target, config=config), DirectorySink(str(directory)), progress=False)
     return time.perf_counter() - started
 
 
 def real_features_path(out: str, target: str, settings: EvalSettings) -> Path:
-    return Path(out) / target / f"real_features_{settings.features}_n{settings.n_real}_seed{settings.seed}.npy"
+    return target_dir(out, target) / f"real_features_{settings.features}_n{settings.n_real}_seed{settings.seed}.npy"
 
 
 def cache_real_features(args: argparse.Namespace, targets: list[str]) -> None:
@@ -146,18 +157,18 @@ def _save_real_features(target: str, args: argparse.Namespace) -> None:
     settings = settings_of(args)
     path = real_features_path(args.out, target, settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, target_features(f"toy:{target}", load_sampler(args.source)[0].config.size, settings))
+    np.save(path, target_features(target, load_sampler(args.source)[0].config.size, settings))
 
 
 @torch.no_grad()
 def methods_grid(source: str, target: str, generators: dict[str, str]) -> torch.Tensor:
-    """Rows: the source, its transform when the target is image-space, then each method; same z and the source's noise per column."""
+    """Rows: the source, its transform when the target has one (the ideal of a closed-world target), then each method; same z and the source's noise per column."""
     G_s, _ = load_sampler(source)
     z = seeded_z(GRID_SEEDS, G_s.style_dim)
     noise = stored_noise(G_s)
     source_images = G_s(z, noise=noise).clamp(-1, 1)
     rows = [source_images]
-    transform = toy.image_transform(target)
+    transform = target_transform(target)
     if transform is not None:
         rows.append(transform(source_images))
     # Through `load_sampler`, as the evaluation samples them: a MineGAN row goes through its miner.
@@ -165,25 +176,39 @@ def methods_grid(source: str, target: str, generators: dict[str, str]) -> torch.
     return make_grid(torch.cat(rows), nrow=len(GRID_SEEDS), padding=2, pad_value=1.0)
 
 
-def ranks(rows: list[Row]) -> dict[int, int]:
-    """Rank (1 = lowest KID) of each row within its target and budget, keyed by row index."""
-    ranked: dict[int, int] = {}
+def ranks(rows: list[Row]) -> dict[int, str]:
+    """Rank (1 = lowest KID) of each row within its target and budget, keyed by row index; "≈" marks a rank
+    whose KID interval overlaps that of the row ranked just above it (the difference is not resolved)."""
+    ranked: dict[int, str] = {}
     for group in {(row.target, row.steps) for row in rows}:
-        members = [i for i, row in enumerate(rows) if (row.target, row.steps) == group and _rank_value(row) is not None]
-        for place, i in enumerate(sorted(members, key=lambda i: _rank_value(rows[i])), start=1):
-            ranked[i] = place
+        members = sorted((i for i, row in enumerate(rows) if (row.target, row.steps) == group and _rank_key(row) is not None), key=lambda i: _rank_value(rows[i]))
+        for place, i in enumerate(members, start=1):
+            ranked[i] = f"{place}" + ("≈" if place > 1 and _overlap(rows[members[place - 2]], rows[i]) else "")
     return ranked
 
 
-def _rank_value(row: Row) -> float | None:
-    return next((row.result.metrics[k] for k in RANK_KEYS if k in row.result.metrics), None)
+def _rank_key(row: Row) -> str | None:
+    return next((k for k in RANK_KEYS if k in row.result.metrics), None)
+
+
+def _rank_value(row: Row) -> float:
+    return row.result.metrics[_rank_key(row)]
+
+
+def _overlap(a: Row, b: Row) -> bool:
+    key = _rank_key(a)
+    if key not in a.result.intervals or key not in b.result.intervals:
+        return False
+    (a_low, a_high), (b_low, b_high) = a.result.intervals[key], b.result.intervals[key]
+    return a_low <= b_high and b_low <= a_high
 
 
 def format_table(rows: list[Row], with_steps: bool = False) -> str:
     """A Markdown table; metric columns are the keys the evaluations produced (their names carry the extractor).
 
     A key a row lists as not defined shows as "not defined" (an infinite correspondence ratio: "inf,
-    is the source"); "rank" orders the rows of one target (and budget) by KID, 1 = closest to the target.
+    is the source"); "rank" orders the rows of one target (and budget) by KID, 1 = closest to the target,
+    ≈ where the KID intervals do not resolve it from the rank above. A value is followed by its bootstrap interval.
     """
     keys: list[str] = []
     for row in rows:
@@ -193,7 +218,7 @@ def format_table(rows: list[Row], with_steps: bool = False) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for i, row in enumerate(rows):
         cells = [_cell(row.result, k) for k in keys]
-        adapt_s = f"{row.adapt_s:.0f}" if row.method != SOURCE_ROW else "-"
+        adapt_s = f"{row.adapt_s:.0f}" if row.method not in (SOURCE_ROW, IDEAL_ROW) else "-"
         steps = [str(row.steps)] if with_steps else []
         lines.append("| " + " | ".join([row.target, *steps, row.method, str(placed.get(i, "")), *cells, adapt_s, f"{row.result.elapsed_s:.0f}"]) + " |")
     return "\n".join(lines)
@@ -201,7 +226,10 @@ def format_table(rows: list[Row], with_steps: bool = False) -> str:
 
 def _cell(result: EvalResult, key: str) -> str:
     if key in result.metrics:
-        return f"{result.metrics[key]:.4f}"
+        if key not in result.intervals:
+            return f"{result.metrics[key]:.4f}"
+        low, high = result.intervals[key]
+        return f"{result.metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
     reason = result.not_defined.get(key) or result.not_defined.get(key.split("_")[0], "")
     return "inf, is the source" if "is its source" in reason else ("not defined" if reason else "")
 
@@ -245,7 +273,10 @@ def reading_guide() -> str:
         "Lower is better for FID, KID, corr_l1 and corr_stlpips; higher intra_stlpips means more diversity (a copy of the 10 shots "
         "scores ~0); the ratios `corr_edge_ratio` / `corr_stlpips_ratio` say how much closer G_t(z) is to G_s(z) than to "
         "G_s(z') of another z (edge maps / ST-LPIPS; 1 = no correspondence, higher is better; defined for every target). "
-        "corr_l1 / corr_stlpips compare G_t(z) with transform(G_s(z)) and exist only for sketch and painting."
+        "corr_l1 / corr_stlpips compare G_t(z) with transform(G_s(z)) (the paired distance; 0 is the ideal) and exist only "
+        "where the target has a transform (the image-space toy targets and every closed-world target). On a closed-world "
+        "target gap_<metric> = (source - generator) / (source - ideal): 0 is no adaptation, 1 the ideal T∘G_s. Brackets hold "
+        "95% bootstrap intervals (metrics/intervals.py); FID has none."
     )
 
 
@@ -262,8 +293,9 @@ def section_body(args: argparse.Namespace, rows: list[Row], not_run: list[Job], 
     if offline:
         notes.append("Offline FID features were asked for (`--features offline`): the `_offline` numbers rank methods here but are not comparable with published FID/KID.")
     notes.append(
-        reading_guide() + f" `{SOURCE_ROW}` is the toy source evaluated as it is. Grids (rows: source, its transform for image-space "
-        f"targets, then the methods in table order; same z and the source's noise per column) are in `{args.out}/<target>/methods.png`."
+        reading_guide() + f" `{SOURCE_ROW}` is the toy source evaluated as it is, `{IDEAL_ROW}` a closed-world target's ideal. Grids (rows: "
+        f"source, its transform where the target has one, then the methods in table order; same z and the source's noise per column) "
+        f"are in `{args.out}/<target>/methods.png`."
     )
     return "\n\n".join(notes) + "\n\n" + format_table(rows)
 
@@ -282,9 +314,12 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
     real = np.load(real_features_path(args.out, target, settings))
     if method is None:
         generator, adapt_s, name = args.source, 0.0, SOURCE_ROW
+    elif method == IDEAL_GENERATOR:
+        generator, adapt_s, name = IDEAL_GENERATOR, 0.0, IDEAL_ROW
     else:
         generator, adapt_s, name = str(directory), adapt(args.source, target, method, steps, args.seed, directory), method
-    result = evaluate(generator, f"toy:{target}", args.source, args.metrics, settings, str(directory / "eval"), real_features=real)
+    source = None if closed_world(target) is not None else args.source  # a closed-world target brings its own
+    result = evaluate(generator, target, source, args.metrics, settings, str(directory / "eval"), real_features=real)
     saved = {"method": name, "settings": asdict(settings), "source": args.source, "seed": args.seed, "adapt_s": adapt_s, "result": result.to_json()}
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(saved, indent=1))
@@ -293,7 +328,8 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
 
 def _result_from_json(data: dict) -> EvalResult:
     fields = {k: v for k, v in data.items() if k != "offline_extractors"}
-    return EvalResult(**{**fields, "settings": EvalSettings(**fields["settings"])})
+    intervals = {key: tuple(bounds) for key, bounds in fields["intervals"].items()}  # JSON has no tuples
+    return EvalResult(**{**fields, "intervals": intervals, "settings": EvalSettings(**fields["settings"])})
 
 
 def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list[Job]]:
@@ -321,17 +357,18 @@ def run_jobs(jobs: list[Job], args: argparse.Namespace) -> tuple[list[Row], list
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     command = ("python bench/quality.py " + shlex.join(sys.argv[1:] if argv is None else argv)).strip()
-    # Sources first, then one method on every target at a time: a --time-limit drops whole methods, not targets.
+    # Sources (and ideals) first, then one method on every target at a time: a --time-limit drops whole methods, not targets.
     jobs = [(target, None, args.steps) for target in args.targets]
+    jobs += [(target, IDEAL_GENERATOR, args.steps) for target in args.targets if closed_world(target) is not None]
     jobs += [(target, method, args.steps) for method in args.methods for target in args.targets]
     started = time.perf_counter()
     cache_real_features(args, args.targets)
     rows, not_run = run_jobs(jobs, args)
-    rows.sort(key=lambda row: (args.targets.index(row.target), row.method != SOURCE_ROW))
+    rows.sort(key=lambda row: (args.targets.index(row.target), row.method != SOURCE_ROW, row.method != IDEAL_ROW))
     torch.set_num_threads(1)
     for target in sorted({row.target for row in rows}, key=args.targets.index):
-        generators = {row.method: str(run_dir(args.out, target, row.method, args.steps)) for row in rows if row.target == target and row.method != SOURCE_ROW}
-        save_png(str(Path(args.out) / target / "methods.png"), to_pil(methods_grid(args.source, target, generators)))
+        generators = {row.method: str(run_dir(args.out, target, row.method, args.steps)) for row in rows if row.target == target and row.method not in (SOURCE_ROW, IDEAL_ROW)}
+        save_png(str(target_dir(args.out, target) / "methods.png"), to_pil(methods_grid(args.source, target, generators)))
     wall_s = time.perf_counter() - started
     print(format_table(rows))
     print(f"benchmark wall time: {wall_s / 60:.1f} min" + (f"; {len(not_run)} of {len(jobs)} runs not started (--time-limit)" if not_run else ""))

@@ -96,14 +96,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from fsg_ray.eval.protocol import EvalSettings, evaluate, parse_metrics
-    from fsg_ray.eval.report import extractor_notice
+    from fsg_ray.eval.protocol import evaluate, parse_metrics
+    from fsg_ray.eval.report import extractor_notice, interval_text
+    from fsg_ray.eval.results import EvalSettings
 
     metrics = parse_metrics(args.metrics) if args.metrics is not None else None
     settings = EvalSettings(n_generated=args.n_generated, n_real=args.n_real, n_lpips=args.n_lpips, n_corr=args.n_corr, seed=args.seed, features=args.features)
     result = evaluate(args.generator, args.target, args.source, metrics, settings, args.out, args.train, args.inception, args.device)
     for key, value in result.metrics.items():
-        print(f"{key:>20s}  {value:.4f}")
+        print(f"{key:>20s}  {value:.4f}  {interval_text(result, key)}")
     for key, reason in result.not_defined.items():
         print(f"{key:>20s}  not defined: {reason}")
     print(extractor_notice(result))
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = verbs.add_parser("adapt", help="adapt a source generator to ~10 target images")
     p.add_argument("--source", required=True, help="checkpoint URI (field .pt, fsg-ray checkpoint, run dir) or toy:faces")
-    p.add_argument("--target", required=True, help="folder, .zip, .parquet or toy:NAME")
+    p.add_argument("--target", required=True, help="folder, .zip, .parquet, toy:NAME or closed:TRANSFORM[@SOURCE] (10 shots of T(G_s(z)), ideal known)")
     p.add_argument("--out", required=True, help="run URI (local path or s3://bucket/prefix)")
     p.add_argument("--method", help="cdc (default), tgan, ...")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint instead of the latest under --out")
@@ -211,10 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = verbs.add_parser("eval", help="FID/KID, intra-cluster (ST-)LPIPS and correspondence of a generator: metrics.json + report.html")
-    p.add_argument("--generator", required=True, help="checkpoint URI, run dir or toy:faces (its EMA generator is evaluated)")
-    p.add_argument("--target", required=True, help="images to compare with: folder, .zip, .parquet or toy:NAME (held-out set)")
-    p.add_argument("--source", help="the source generator: enables source<->target grids, corr_ratio and, for toy:sketch/painting, corr")
-    p.add_argument("--metrics", help="comma-separated subset of fid,kid,intra_lpips,corr,corr_ratio (default: every one defined here)")
+    p.add_argument("--generator", required=True, help="checkpoint URI, run dir or toy:faces (its EMA generator is evaluated); ideal: a closed:... target's T∘G_s")
+    p.add_argument("--target", required=True, help="images to compare with: folder, .zip, .parquet, toy:NAME (held-out set) or closed:TRANSFORM[@SOURCE] (closed-world: its ideal is known)")
+    p.add_argument("--source", help="the source generator: enables source<->target grids, corr_ratio and, for image-space toy targets, corr (a closed:... target brings its own)")
+    p.add_argument("--metrics", help="comma-separated subset of fid,kid,intra_lpips,corr,corr_ratio,gap (default: every one defined here; gap needs a closed:... target)")
     p.add_argument("--train", help="the few-shot images intra-LPIPS clusters around (default: toy target's 10 shots, else the run's target)")
     p.add_argument("--out", required=True, help="output URI (local path or s3://bucket/prefix)")
     p.add_argument("--n-generated", type=int, default=5000, help="samples for FID/KID (FID needs more than 2048 with Inception)")

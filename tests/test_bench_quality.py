@@ -40,7 +40,7 @@ def test_unknown_method_or_target_is_named():
 def test_the_methods_grid_samples_a_minegan_run_through_its_miner(tmp_path: Path):
     source = write_tiny_source(tmp_path / "source.pt")
     miner = write_minegan_run(tmp_path / "minegan.pt")
-    grid = quality.methods_grid(source, "sunglasses", {"minegan": str(tmp_path / "minegan.pt")})
+    grid = quality.methods_grid(source, "toy:sunglasses", {"minegan": str(tmp_path / "minegan.pt")})
     G = load_generator(source)
     z = seeded_z(quality.GRID_SEEDS, G.style_dim)
     noise = G.noises.as_list()
@@ -50,8 +50,8 @@ def test_the_methods_grid_samples_a_minegan_run_through_its_miner(tmp_path: Path
     assert torch.equal(grid, expected)
 
 
-def _row(target: str, method: str, metrics: dict[str, float], not_defined: dict[str, str] | None = None) -> "quality.Row":
-    result = EvalResult("g", f"toy:{target}", "toy:faces", None, metrics, not_defined or {}, {}, EvalSettings())
+def _row(target: str, method: str, metrics: dict[str, float], not_defined: dict[str, str] | None = None, intervals: dict | None = None) -> "quality.Row":
+    result = EvalResult("g", f"toy:{target}", "toy:faces", None, metrics, intervals or {}, not_defined or {}, {}, EvalSettings())
     return quality.Row(target, method, 100, result, 1.0)
 
 
@@ -63,7 +63,17 @@ def test_rows_are_ranked_by_kid_within_their_target():
         _row("babies", "cdc", {"kid": 0.02}),
         _row("babies", "tgan", {"kid": 0.01}),
     ]
-    assert quality.ranks(rows) == {0: 3, 1: 1, 2: 2, 3: 2, 4: 1}
+    assert quality.ranks(rows) == {0: "3", 1: "1", 2: "2", 3: "2", 4: "1"}
+
+
+def test_a_rank_whose_kid_interval_overlaps_the_one_above_is_marked_unresolved():
+    rows = [
+        _row("sketch", "cdc", {"kid": 0.05}, intervals={"kid": (0.04, 0.07)}),
+        _row("sketch", "tgan", {"kid": 0.08}, intervals={"kid": (0.06, 0.10)}),
+        _row("sketch", "freezed", {"kid": 0.20}, intervals={"kid": (0.15, 0.25)}),
+    ]
+    assert quality.ranks(rows) == {0: "1", 1: "2≈", 2: "3"}
+    assert "| sketch | cdc | 1 | 0.0500 [0.0400, 0.0700] |" in quality.format_table(rows)
 
 
 def test_table_says_why_a_cell_is_empty():
@@ -75,5 +85,5 @@ def test_table_says_why_a_cell_is_empty():
 
 
 def test_a_saved_row_reads_back_as_the_same_result():
-    result = _row("sketch", "cdc", {"kid": 0.1}, {"fid": "too few"}).result
+    result = _row("sketch", "cdc", {"kid": 0.1}, {"fid": "too few"}, {"kid": (0.05, 0.15)}).result
     assert quality._result_from_json(result.to_json()) == result

@@ -40,7 +40,7 @@ def test_sets_are_prefix_stable():
     assert torch.equal(toy_images("faces", 3, 32, seed=2), toy_images("faces", 70, 32, seed=2)[:3])
 
 
-@pytest.mark.parametrize("name", ["sketch", "painting"])
+@pytest.mark.parametrize("name", ["tint", "sketch", "painting", "negative"])
 def test_image_space_domain_is_its_transform_of_the_faces(name):
     faces = toy_images("faces", 3, 64, seed=4)
     assert torch.equal(image_transform(name)(faces), toy_images(name, 3, 64, seed=4))
@@ -58,7 +58,7 @@ def test_parameter_space_domains_have_no_image_transform(name):
 
 
 def test_unknown_domain_lists_valid_names():
-    with pytest.raises(ValueError, match="faces, sketch, painting, sunglasses, babies"):
+    with pytest.raises(ValueError, match="faces, tint, sketch, painting, negative, sunglasses, babies"):
         toy_images("cats", 1)
     with pytest.raises(ValueError, match="valid names"):
         image_transform("cats")

@@ -93,7 +93,7 @@ def adapted(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_corr_ratio_is_measured_for_a_parameter_space_target_where_corr_is_not_defined(tmp_path: Path, source: str, adapted: str):
     result = evaluate(adapted, "toy:babies", source, metrics=None, settings=SMALL_SETTINGS, out=str(tmp_path))
-    assert "toy:babies is not an image-space toy domain" in result.not_defined["corr"]
+    assert "target toy:babies defines no transform(G_s(z))" in result.not_defined["corr"]
     assert {"corr_edge_ratio", "corr_stlpips_ratio"} <= set(result.metrics) and not {"corr_l1", "corr_stlpips"} & set(result.metrics)
     assert result.metrics["corr_edge_ratio"] > 1 and result.metrics["corr_stlpips_ratio"] > 1
     assert set(result.details["corr_ratio"]) == {"edge_matched", "edge_shuffled", "stlpips_matched", "stlpips_shuffled"}
@@ -146,7 +146,7 @@ def test_parse_metrics_keeps_order_and_rejects_repeats():
     [
         (["--target", "toy:sketch", "--metrics", "fid,lpips"], "unknown metric 'lpips'"),
         (["--target", "toy:sketch", "--metrics", "corr"], "no source generator given"),
-        (["--target", "toy:babies", "--metrics", "corr", "--source", "SOURCE"], "toy:babies is not an image-space toy domain"),
+        (["--target", "toy:babies", "--metrics", "corr", "--source", "SOURCE"], "target toy:babies defines no transform(G_s(z))"),
         (["--target", "toy:babies", "--metrics", "corr_ratio"], "corr_ratio is not defined here: no source generator given"),
         (["--target", "toy:cats"], "unknown toy domain 'cats'"),
         (["--target", "toy:sketch", "--n-generated", "1"], "n_generated"),

@@ -148,6 +148,7 @@ def test_precomputed_real_features_give_the_same_numbers_as_the_images(offline_e
     real = blobs(40, 5)
     from_images = compute_fid_kid(BlobG(), real, n_gen=40, extractor=offline_extractor, batch_size=20, kid_subsets=10)
     from_features = compute_fid_kid(BlobG(), offline_extractor.features(real), n_gen=40, extractor=offline_extractor, batch_size=20, kid_subsets=10)
+    assert np.array_equal(from_features.pop("fake_features"), from_images.pop("fake_features"))
     assert from_features == from_images
 
 
@@ -251,7 +252,8 @@ def test_memorizing_generator_has_near_zero_intra_lpips_below_diverse_generator(
     assert copying["intra_stlpips"] < 0.02 and copying["intra_stlpips"] < 0.1 * diverse["intra_stlpips"]
     assert sum(copying["cluster_sizes"]) == 16 and len(copying["assignment"]) == 16
     assert copying["lpips"] == lpips_model.name
-    assert intra_cluster_lpips(BlobG(), train, n=16, max_per_cluster=4, lpips_model=lpips_model) == diverse
+    again = intra_cluster_lpips(BlobG(), train, n=16, max_per_cluster=4, lpips_model=lpips_model)
+    assert all(np.array_equal(a, b) for a, b in zip(again.pop("pairwise"), diverse.pop("pairwise"), strict=True)) and again == diverse
 
 
 def test_correspondence_error_is_zero_for_identity_and_grows_with_perturbation(lpips_model):

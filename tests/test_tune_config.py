@@ -129,6 +129,33 @@ def test_a_searched_metric_needs_its_evaluation(tmp_path):
         load_search_config(config)
 
 
+def test_a_closed_world_target_is_searched_on_its_gap_closed(tmp_path):
+    data = changed("base/target", "closed:sketch")
+    data["metric"] = {"name": "gap_corr_stlpips", "mode": "max"}
+    data["eval"]["metrics"] = ["corr", "gap"]
+    search = load_search_config(write(tmp_path, data))
+    assert search.validation == "closed:sketch" and search.eval.metrics == ("corr", "gap")
+
+
+def test_gap_needs_its_distance_and_the_gap_in_eval_metrics(tmp_path):
+    data = changed("base/target", "closed:sketch")
+    data["metric"] = {"name": "gap_kid", "mode": "max"}
+    with pytest.raises(ConfigError, match=r"metric\.name: gap_kid needs 'gap' in eval\.metrics \(kid\)"):
+        load_search_config(write(tmp_path, data))
+
+
+def test_gap_on_a_data_defined_target_is_refused_naming_it(tmp_path):
+    config = write(tmp_path, changed("eval/metrics", ["kid", "gap"]))
+    with pytest.raises(ConfigError, match=r"eval\.metrics: gap is not defined here: target toy:sketch is data-defined"):
+        load_search_config(config)
+
+
+def test_a_closed_world_target_of_another_source_is_refused(tmp_path):
+    config = write(tmp_path, changed("base/target", "closed:sketch@other.pt"))
+    with pytest.raises(ConfigError, match=r"eval\.validation: closed:sketch@other\.pt is made from other\.pt, base\.source is toy:faces"):
+        load_search_config(config)
+
+
 def test_fid_from_fewer_samples_than_feature_dimensions_is_rejected(tmp_path):
     config = write(tmp_path, changed("eval/metrics", ["fid", "kid"]))
     with pytest.raises(ConfigError, match=r"eval\.metrics: fid with eval\.n_generated=\d+: FID needs more than 2048 samples"):

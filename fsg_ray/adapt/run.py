@@ -17,7 +17,8 @@ from tqdm import tqdm
 from fsg_ray import storage
 from fsg_ray.adapt.loop import Adaptation, Distributed, StepStats, new_adaptation
 from fsg_ray.config import AdaptConfig, config_to_dict
-from fsg_ray.data.images import FewShotImages, load_target, warn_if_few
+from fsg_ray.adapt.targets import load_target, locate_target
+from fsg_ray.data.images import FewShotImages, warn_if_few
 from fsg_ray.grids import pair_grid, same_noise_pair, save_png, seeded_z
 from fsg_ray.nets.checkpoints import (
     CHECKPOINT_FILE,
@@ -107,7 +108,7 @@ def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> No
 
 def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu", locate: Locate = same_place) -> Adaptation:
     source = read_checkpoint(locate(spec.source))
-    images = load_target(locate(spec.target), model_config(source).size)
+    images = load_target(locate_target(spec.target, locate), model_config(source).size)
     warn_if_few(images, spec.config.anchors.count)
     return new_adaptation(source, FewShotImages(images), spec.config, dist, device)
 

@@ -1,8 +1,8 @@
 """Built-in procedural domains: toy faces and targets derived from them, so the project runs offline.
 
 The source domain ``faces`` is rendered from random parameters. Targets come in two kinds, as in the
-paper: image-space domains (``sketch``, ``painting``) whose image of a face is a fixed transform of
-the face image, so source/target correspondence can be *measured*; and parameter-space domains
+paper: image-space domains (``tint``, ``sketch``, ``painting``, ``negative``, from near the source to far
+from it) whose image of a face is a fixed transform of the face image, so source/target correspondence can be *measured*; and parameter-space domains
 (``sunglasses``, ``babies``) that change what is drawn, like the paper's "similar domains".
 
 Everything is deterministic by seed and prefix-stable: ``toy_images(name, 5, seed=s)`` are the first
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-TOY_DOMAINS: tuple[str, ...] = ("faces", "sketch", "painting", "sunglasses", "babies")
+TOY_DOMAINS: tuple[str, ...] = ("faces", "tint", "sketch", "painting", "negative", "sunglasses", "babies")
 
 FEW_SHOT_SEED = 0
 """Seed of the canonical 10-shot sets; held-out sets refuse it so the two never share an image."""
@@ -366,7 +366,24 @@ def painting(images: torch.Tensor) -> torch.Tensor:
     return ((poster * grain).clamp(0, 1) * 2 - 1).contiguous()
 
 
-_IMAGE_TRANSFORMS: dict[str, ImageTransform] = {"sketch": sketch, "painting": painting}
+def tint(images: torch.Tensor) -> torch.Tensor:
+    """Old photograph: a warm sepia toning at two thirds strength, slightly lifted blacks and softened contrast.
+
+    The near target: every shape and most of the colour stay, only the colour balance moves.
+    """
+    rgb = (images + 1) / 2
+    sepia = _luma(rgb) * torch.tensor([1.07, 0.86, 0.62], dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    toned = 0.35 * rgb + 0.65 * sepia
+    return ((0.08 + 0.86 * toned).clamp(0, 1) * 2 - 1).contiguous()
+
+
+def negative(images: torch.Tensor) -> torch.Tensor:
+    """Photographic negative: every channel inverted. The far target: the same shapes in opposite colours,
+    as far from the source in feature statistics as a transform that keeps every edge can go."""
+    return (-images).contiguous()
+
+
+_IMAGE_TRANSFORMS: dict[str, ImageTransform] = {"tint": tint, "sketch": sketch, "painting": painting, "negative": negative}
 _PARAM_TRANSFORMS: dict[str, Callable[[FaceParams], FaceParams]] = {
     "faces": lambda p: p,
     "sunglasses": with_sunglasses,

@@ -51,10 +51,13 @@ def png_data_uri(image: Image.Image) -> str:
 
 
 def _meaning(key: str) -> str:
+    if key.startswith("gap_"):
+        return f"share of the distance from the unadapted source to the ideal T∘G_s that the generator closes, in {key.removeprefix('gap_')} (0 = the source, 1 = the ideal; higher is better)"
     return METRIC_MEANINGS[key.removesuffix("_offline")]
 
 
 def _extractor_for(key: str, result: EvalResult) -> str:
+    key = key.removeprefix("gap_")
     if key.startswith(("fid", "kid")):
         return result.extractors.get("features", "")
     for model in ("stlpips", "lpips"):  # "stlpips" first: it contains "lpips"
@@ -76,13 +79,41 @@ def extractor_notice(result: EvalResult) -> str:
     return f"Pretrained extractors were used ({used}); no offline extractor."
 
 
+def interval_text(result: EvalResult, key: str) -> str:
+    """'[low, high]' of a metric's bootstrap interval, or '' where it has none (FID)."""
+    if key not in result.intervals:
+        return ""
+    low, high = result.intervals[key]
+    return f"[{low:.4f}, {high:.4f}]"
+
+
 def metric_table(result: EvalResult) -> str:
+    level = f"{result.settings.interval_level:.0%} interval"
     rows = [
-        f"<tr><td>{html.escape(key)}</td><td class=num>{value:.4f}</td><td>{html.escape(_extractor_for(key, result))}</td><td>{html.escape(_meaning(key))}</td></tr>"
+        f"<tr><td>{html.escape(key)}</td><td class=num>{value:.4f}</td><td class=num>{interval_text(result, key)}</td>"
+        f"<td>{html.escape(_extractor_for(key, result))}</td><td>{html.escape(_meaning(key))}</td></tr>"
         for key, value in result.metrics.items()
     ]
-    rows += [f"<tr><td>{html.escape(key)}</td><td>not defined</td><td></td><td>{html.escape(reason)}</td></tr>" for key, reason in result.not_defined.items()]
-    return "<table><tr><th>metric</th><th>value</th><th>extractor</th><th>meaning</th></tr>" + "".join(rows) + "</table>"
+    rows += [f"<tr><td>{html.escape(key)}</td><td>not defined</td><td></td><td></td><td>{html.escape(reason)}</td></tr>" for key, reason in result.not_defined.items()]
+    header = f"<tr><th>metric</th><th>value</th><th>{level} (bootstrap)</th><th>extractor</th><th>meaning</th></tr>"
+    return "<table>" + header + "".join(rows) + "</table>"
+
+
+def gap_table(result: EvalResult) -> str:
+    """For a closed-world target: each distance for the source, this generator and the ideal, from which gap_<key> follows."""
+    gap = result.details.get("gap")
+    if not gap:
+        return ""
+    rows = "".join(
+        f"<tr><td>{html.escape(key)}</td><td class=num>{v['source']:.4f}</td><td class=num>{v['generator']:.4f}</td><td class=num>{v['ideal']:.4f}</td>"
+        f"<td class=num>{result.metrics[f'gap_{key}']:.3f}</td></tr>"
+        for key, v in gap.items()
+    )
+    return (
+        "<h2>Gap closed</h2><p>The target is closed-world: its ideal adapted generator T∘G_s is known and was measured by the same protocol. "
+        "gap = (source − generator) / (source − ideal).</p>"
+        f"<table><tr><th>distance</th><th>source G_s</th><th>this generator</th><th>ideal T∘G_s</th><th>gap closed</th></tr>{rows}</table>"
+    )
 
 
 def _settings_table(result: EvalResult) -> str:
@@ -106,7 +137,7 @@ def render_report(result: EvalResult, figures: Sequence[Figure]) -> str:
         f"<!doctype html><html><head><meta charset='utf-8'><title>fsg eval: {html.escape(result.generator)}</title><style>{STYLE}</style></head><body>"
         f"<h1>Evaluation of {html.escape(result.generator)}</h1>"
         f"<p class={notice_class}>{html.escape(extractor_notice(result))}</p>"
-        f"<h2>Metrics</h2>{metric_table(result)}"
+        f"<h2>Metrics</h2>{metric_table(result)}{gap_table(result)}"
         + "".join(_figure(f) for f in figures)
         + f"<h2>Settings</h2>{_settings_table(result)}</body></html>"
     )

@@ -27,15 +27,19 @@ class EvalSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     features: str = "inception"  # FID/KID features: "inception" (the standard numbers) or "offline" (fast, labelled)
+    bootstrap_rounds: int = 1000  # rounds of the bootstrap behind every interval (metrics/intervals.py)
+    interval_level: float = 0.95
 
     def __post_init__(self) -> None:
         if self.features not in FEATURES:
             raise EvalError(f"features: expected one of {', '.join(FEATURES)}, got {self.features!r}")
-        for key in ("n_generated", "n_real", "n_lpips", "max_per_cluster", "n_corr", "batch_size", "kid_subsets", "kid_subset_size"):
+        for key in ("n_generated", "n_real", "n_lpips", "max_per_cluster", "n_corr", "batch_size", "kid_subsets", "kid_subset_size", "bootstrap_rounds"):
             if getattr(self, key) < 1:
                 raise EvalError(f"{key}: expected a positive integer, got {getattr(self, key)}")
         if self.n_generated < 2 or self.n_real < 2:
             raise EvalError(f"n_generated and n_real: KID needs at least 2 images each, got {self.n_generated} and {self.n_real}")
+        if not 0 < self.interval_level < 1:
+            raise EvalError(f"interval_level: expected a probability strictly between 0 and 1, got {self.interval_level}")
         if self.n_corr < 2:
             raise EvalError(f"n_corr: corr_ratio pairs each sample with another one, so at least 2 are needed, got {self.n_corr}")
 
@@ -49,6 +53,7 @@ class EvalResult:
     source: str | None
     train: str | None  # the few-shot images intra-LPIPS clusters around
     metrics: dict[str, float]
+    intervals: dict[str, tuple[float, float]]  # metric key -> bootstrap interval at settings.interval_level (not every key has one)
     not_defined: dict[str, str]
     extractors: dict[str, str]  # "features" (FID/KID), "stlpips" and "lpips" -> the model names used
     settings: EvalSettings

@@ -23,8 +23,8 @@ def measure(checkpoint_uri: str, validation: str, source: str, metrics: tuple[st
 
 
 def reported_key(name: str, features: str) -> str:
-    """The key under which `measure` reports a searched metric: fid/kid from the offline extractor are fid_offline/kid_offline."""
-    return f"{name}_offline" if name in ("fid", "kid") and features == "offline" else name
+    """The key under which `measure` reports a searched metric: fid/kid (and their gaps) from the offline extractor carry _offline."""
+    return f"{name}_offline" if name in ("fid", "kid", "gap_fid", "gap_kid") and features == "offline" else name
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -45,20 +47,23 @@ def correspondence_error(
     batch_size: int = 32,
     truncation: float = 1.0,
     lpips_model: LpipsModel | None = None,
-) -> dict[str, float | int | str]:
+) -> dict[str, Any]:
     """Mean L1 (in [-1, 1] units) and LPIPS between transform(G_s(z)) and G_t(z) over `n` seeded z.
 
     `lpips_model` defaults to ST-LPIPS (VGG). Returns {"corr_l1", "corr_" + model key (corr_stlpips
-    or corr_lpips), "lpips": model name, "n"}.
+    or corr_lpips), "lpips": model name, "n", "per_sample": {each of the two keys: [n] distances, row i
+    from z i}}.
     """
     lpips_model = lpips_model or build_stlpips()
     sources, targets = _paired_samples(G_s, G_t, n, seed, batch_size, truncation)
     expected = transform(sources)
     if expected.shape != targets.shape:
         raise ValueError(f"transform(G_s(z)) has shape {tuple(expected.shape)}, G_t(z) has {tuple(targets.shape)}")
-    l1 = (expected - targets).abs().mean(dim=(1, 2, 3)).mean().item()
-    perceptual = lpips_model.distance(expected, targets, batch_size).mean().item()
-    return {"corr_l1": l1, f"corr_{lpips_model.key}": perceptual, "lpips": lpips_model.name, "n": n}
+    per_sample = {
+        "corr_l1": (expected - targets).abs().mean(dim=(1, 2, 3)).numpy().astype(np.float64),
+        f"corr_{lpips_model.key}": lpips_model.distance(expected, targets, batch_size).flatten().cpu().numpy().astype(np.float64),
+    }
+    return {**{key: float(values.mean()) for key, values in per_sample.items()}, "lpips": lpips_model.name, "n": n, "per_sample": per_sample}
 
 
 def edge_maps(images: Tensor) -> Tensor:
@@ -89,15 +94,15 @@ def correspondence_ratio(
     batch_size: int = 32,
     truncation: float = 1.0,
     lpips_model: LpipsModel | None = None,
-) -> dict[str, float | int | str]:
+) -> dict[str, Any]:
     """How much closer G_t(z) is to G_s(z) than to G_s of another z: mean shuffled distance / mean matched distance.
 
     Over `n` seeded z (n >= 2); "shuffled" pairs G_t(z_i) with G_s(z_{i+1 mod n}), a different z for
     every i. Two distances: edge structure (`edge_distance`) and LPIPS (`lpips_model`, ST-LPIPS VGG by
     default). A ratio of 1 means G_t(z) has nothing more in common with G_s(z) than with any source
     sample; an unadapted copy of G_s (identical images) gives infinite ratios.
-    Returns {"corr_edge_ratio", "corr_" + model key + "_ratio", "lpips", "n", and each mean distance
-    as "edge_matched", "edge_shuffled", key + "_matched", key + "_shuffled"}.
+    Returns {"corr_edge_ratio", "corr_" + model key + "_ratio", "lpips", "n", each mean distance
+    as "edge_matched", "edge_shuffled", key + "_matched", key + "_shuffled", and "per_sample": those four as [n] arrays}.
     """
     if n < 2:
         raise ValueError(f"correspondence_ratio needs n >= 2 samples to shuffle, got {n}")
@@ -105,16 +110,18 @@ def correspondence_ratio(
     sources, targets = _paired_samples(G_s, G_t, n, seed, batch_size, truncation)
     shuffled = sources.roll(1, dims=0)
     key = lpips_model.key
-    distances = {
-        "edge_matched": edge_distance(targets, sources).mean().item(),
-        "edge_shuffled": edge_distance(targets, shuffled).mean().item(),
-        f"{key}_matched": lpips_model.distance(targets, sources, batch_size).mean().item(),
-        f"{key}_shuffled": lpips_model.distance(targets, shuffled, batch_size).mean().item(),
+    per_sample = {
+        "edge_matched": edge_distance(targets, sources),
+        "edge_shuffled": edge_distance(targets, shuffled),
+        f"{key}_matched": lpips_model.distance(targets, sources, batch_size).flatten(),
+        f"{key}_shuffled": lpips_model.distance(targets, shuffled, batch_size).flatten(),
     }
+    per_sample = {name: values.cpu().numpy().astype(np.float64) for name, values in per_sample.items()}
+    distances = {name: float(values.mean()) for name, values in per_sample.items()}
     # Identical images leave only rounding error in the matched distances: the ratio is infinite, not 1e7.
     identical = torch.equal(targets, sources)
     ratios = {f"corr_{what}_ratio": _ratio(distances[f"{what}_shuffled"], distances[f"{what}_matched"], identical) for what in ("edge", key)}
-    return {**ratios, "lpips": lpips_model.name, "n": n, **distances}
+    return {**ratios, "lpips": lpips_model.name, "n": n, **distances, "per_sample": per_sample}
 
 
 def _ratio(shuffled: float, matched: float, identical: bool) -> float:

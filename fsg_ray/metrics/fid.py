@@ -74,18 +74,19 @@ def compute_fid_kid(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     metrics: Sequence[str] = ("fid", "kid"),
-) -> dict[str, float | int | str]:
+) -> dict[str, float | int | str | np.ndarray]:
     """FID and KID of `n_gen` seeded samples of G against real images, or against their features.
 
     `real` is images (a tensor or batches of it) or the [N, D] features `extractor.features` made of
     them: periodic evaluation during training extracts the real set once and passes the array. FID
     is left out, with the reason under "fid_not_defined", when the counts make it singular.
-    Returns {"fid"|"fid_offline", "kid"|"kid_offline", "extractor", "n_gen", "n_real"[, "fid_not_defined"]}.
+    Returns {"fid"|"fid_offline", "kid"|"kid_offline", "extractor", "n_gen", "n_real"[, "fid_not_defined"],
+    "fake_features": the [n_gen, D] features of the samples, row i from the seed's z i (for intervals)}.
     """
     fake = extractor.features(generated_images(G, n_gen, batch_size, seed, truncation), batch_size)
     real_features = real if isinstance(real, np.ndarray) else extractor.features(real, batch_size)
     suffix = "_offline" if extractor.offline else ""
-    result: dict[str, float | int | str] = {"extractor": extractor.name, "n_gen": len(fake), "n_real": len(real_features)}
+    result: dict[str, float | int | str | np.ndarray] = {"extractor": extractor.name, "n_gen": len(fake), "n_real": len(real_features), "fake_features": fake}
     if "fid" in metrics:
         reason = fid_undefined(len(fake), len(real_features), extractor.dim)
         if reason is None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lpips
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torchvision.models import AlexNet_Weights, SqueezeNet1_1_Weights, VGG16_Weights
@@ -126,13 +127,14 @@ def assign_clusters(images: Tensor, train_images: Tensor, lpips_model: LpipsMode
     return torch.cat(nearest)
 
 
-def mean_pairwise_lpips(images: Tensor, lpips_model: LpipsModel, batch_size: int = 32) -> float:
-    """Mean LPIPS over all unordered pairs of `images` (LPIPS is symmetric)."""
+def pairwise_lpips(images: Tensor, lpips_model: LpipsModel, batch_size: int = 32) -> np.ndarray:
+    """The symmetric [N, N] LPIPS matrix of `images` (zero diagonal); each unordered pair computed once."""
     feats = lpips_model.features(images, batch_size)
-    total = 0.0
+    matrix = np.zeros((len(images), len(images)))
     for i in range(len(images) - 1):
-        total += lpips_model.distance_from_features([f[i : i + 1] for f in feats], [f[i + 1 :] for f in feats]).sum().item()
-    return total / (len(images) * (len(images) - 1) / 2)
+        row = lpips_model.distance_from_features([f[i : i + 1] for f in feats], [f[i + 1 :] for f in feats]).flatten().cpu().numpy()
+        matrix[i, i + 1 :] = matrix[i + 1 :, i] = row
+    return matrix
 
 
 def intra_cluster_lpips(
@@ -155,7 +157,8 @@ def intra_cluster_lpips(
     `lpips_model` defaults to ST-LPIPS (VGG). Returns {"intra_" + model key (intra_stlpips or
     intra_lpips): float, "lpips": model name, "n": n,
     "cluster_sizes": [len per training image], "per_cluster": [mean LPIPS or None if < 2 members],
-    "assignment": [training-image index of each sample]}.
+    "assignment": [training-image index of each sample], "pairwise": [the [m, m] LPIPS matrix of each
+    scored cluster's m drawn members (for intervals)]}.
     """
     if lpips_model is None:
         lpips_model = build_stlpips()
@@ -163,11 +166,16 @@ def intra_cluster_lpips(
     assignment = assign_clusters(images, train_images, lpips_model, batch_size)
     rng = torch.Generator().manual_seed(seed)
     per_cluster: list[float | None] = []
+    pairwise: list[np.ndarray] = []
     for k in range(len(train_images)):
         members = (assignment == k).nonzero().flatten()
         if len(members) > max_per_cluster:
             members = members[torch.randperm(len(members), generator=rng)[:max_per_cluster]]
-        per_cluster.append(mean_pairwise_lpips(images[members], lpips_model, batch_size) if len(members) >= 2 else None)
+        if len(members) < 2:
+            per_cluster.append(None)
+            continue
+        pairwise.append(pairwise_lpips(images[members], lpips_model, batch_size))
+        per_cluster.append(float(pairwise[-1].sum() / (len(members) * (len(members) - 1))))
     scored = [v for v in per_cluster if v is not None]
     if not scored:
         raise ValueError(f"no cluster has 2 or more of the {n} samples; raise n (training images: {len(train_images)})")
@@ -178,4 +186,5 @@ def intra_cluster_lpips(
         "cluster_sizes": torch.bincount(assignment, minlength=len(train_images)).tolist(),
         "per_cluster": per_cluster,
         "assignment": assignment.tolist(),
+        "pairwise": pairwise,
     }

@@ -29,6 +29,7 @@ from pathlib import Path
 import ray
 
 from fsg_ray import storage
+from fsg_ray.adapt.targets import CLOSED_PREFIX
 
 # Beyond this an input belongs in object storage: every node would otherwise pull it from the driver.
 MAX_SHIPPED_BYTES = 2 * 1024**3
@@ -61,8 +62,9 @@ class ShippedInputs:
 
 
 def is_shippable(name: str | None) -> bool:
-    """A path on this machine's disk, as opposed to a built-in `toy:` name or an object-store URI."""
-    return name is not None and not name.startswith("toy:") and not storage.is_remote(name)
+    """A path on this machine's disk, as opposed to a built-in `toy:` name, a `closed:` target (its source
+    is shipped by name, `adapt.targets.input_uris`) or an object-store URI."""
+    return name is not None and not name.startswith(("toy:", CLOSED_PREFIX)) and not storage.is_remote(name)
 
 
 def ship(names: Iterable[str | None]) -> ShippedInputs:

@@ -39,6 +39,7 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
+from fsg_ray.adapt.targets import closed_world, input_uris, with_source_mapped
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
 from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, forwarded_env, storage_problem
 from fsg_ray.ray.collective import ProcessGroup
@@ -156,7 +157,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
 def ship_inputs(spec: RunSpec) -> ShippedInputs:
     """The spec's local inputs in Ray's object store (call on the driver, after `pin_local_inputs`)."""
-    return ship([spec.source, spec.target, spec.resume_from])
+    return ship([spec.source, *input_uris(spec.target), spec.resume_from])
 
 
 def make_trainer(
@@ -211,7 +212,8 @@ def pin_local_inputs(spec: RunSpec) -> RunSpec:
         name = storage.absolute(name)
         return resolve_checkpoint_uri(name) if is_checkpoint else name
 
-    return dataclasses.replace(spec, source=pinned(spec.source, True), target=pinned(spec.target, False), resume_from=pinned(spec.resume_from, True))
+    target = with_source_mapped(spec.target, lambda uri: pinned(uri, True)) if closed_world(spec.target) else pinned(spec.target, False)
+    return dataclasses.replace(spec, source=pinned(spec.source, True), target=target, resume_from=pinned(spec.resume_from, True))
 
 
 

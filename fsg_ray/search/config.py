@@ -17,7 +17,8 @@ from typing import Any
 import yaml
 
 from fsg_ray.config import AdaptConfig, ConfigError, apply_overrides, config_from_dict, config_to_dict
-from fsg_ray.eval.protocol import METRIC_NAMES, correspondence_undefined
+from fsg_ray.adapt.targets import closed_world
+from fsg_ray.eval.protocol import METRIC_NAMES, correspondence_undefined, gap_undefined
 from fsg_ray.eval.results import FEATURES
 from fsg_ray.metrics.features import INCEPTION_DIM, OFFLINE_WIDTHS
 from fsg_ray.metrics.fid import fid_undefined
@@ -32,15 +33,19 @@ SPACE_KEYS = {
     "choice": ("values",),
     "grid_search": ("values",),
 }
-# A searched metric name -> the evaluation metric (fsg eval --metrics) that produces it.
+# A searched metric name -> the evaluation metrics (fsg eval --metrics) that produce it.
 SEARCHABLE_METRICS = {
-    "fid": "fid",
-    "kid": "kid",
-    "intra_stlpips": "intra_lpips",
-    "corr_l1": "corr",
-    "corr_stlpips": "corr",
-    "corr_edge_ratio": "corr_ratio",
-    "corr_stlpips_ratio": "corr_ratio",
+    "fid": ("fid",),
+    "kid": ("kid",),
+    "intra_stlpips": ("intra_lpips",),
+    "corr_l1": ("corr",),
+    "corr_stlpips": ("corr",),
+    "corr_edge_ratio": ("corr_ratio",),
+    "corr_stlpips_ratio": ("corr_ratio",),
+    "gap_fid": ("fid", "gap"),
+    "gap_kid": ("kid", "gap"),
+    "gap_corr_l1": ("corr", "gap"),
+    "gap_corr_stlpips": ("corr", "gap"),
 }
 # A trial checkpoints exactly where it evaluates, so that ASHA's reports carry checkpoints.
 RESERVED_PATHS = {"checkpoint_every": "a trial checkpoints every eval.every steps; set eval.every"}
@@ -281,12 +286,15 @@ def _parse_eval(raw: Any, source: str, target: str, steps: int) -> EvalSpec:
     if "fid" in spec.metrics and (reason := fid_undefined(spec.n_generated, spec.n_generated, dim)):
         raise ConfigError(f"eval.metrics: fid with eval.n_generated={spec.n_generated}: {reason}")
     validation = spec.validation or target
-    if spec.validation is None and not target.startswith("toy:"):
-        raise ConfigError(f"eval.validation: required when base.target ({target}) is not toy:NAME; the few shots cannot be their own validation set")
-    if "corr" in spec.metrics:
-        reason = correspondence_undefined(validation, source)
-        if reason is not None:
-            raise ConfigError(f"eval.metrics: corr is not defined here: {reason}")
+    if spec.validation is None and not target.startswith("toy:") and closed_world(target) is None:
+        raise ConfigError(f"eval.validation: required when base.target ({target}) is not toy:NAME or closed:TRANSFORM; the few shots cannot be their own validation set")
+    closed = closed_world(validation)
+    if closed is not None and closed.source != source:
+        raise ConfigError(f"eval.validation: {validation} is made from {closed.source}, base.source is {source}; a closed-world target measures adaptations of its own source")
+    reasons = {"corr": correspondence_undefined(validation, source), "gap": gap_undefined(validation)}
+    for name in spec.metrics:
+        if reasons.get(name) is not None:
+            raise ConfigError(f"eval.metrics: {name} is not defined here: {reasons[name]}")
     return spec
 
 
@@ -334,8 +342,9 @@ def parse_search(data: Any) -> SearchConfig:
         raise ConfigError(f"metric.name: expected one of {', '.join(SEARCHABLE_METRICS)}, got {metric.name!r}")
     if metric.mode not in ("min", "max"):
         raise ConfigError(f"metric.mode: expected min or max, got {metric.mode!r}")
-    if SEARCHABLE_METRICS[metric.name] not in eval_spec.metrics:
-        raise ConfigError(f"metric.name: {metric.name} needs {SEARCHABLE_METRICS[metric.name]!r} in eval.metrics ({', '.join(eval_spec.metrics)})")
+    missing = [name for name in SEARCHABLE_METRICS[metric.name] if name not in eval_spec.metrics]
+    if missing:
+        raise ConfigError(f"metric.name: {metric.name} needs {' and '.join(map(repr, missing))} in eval.metrics ({', '.join(eval_spec.metrics)})")
     searcher = _section(SearcherSpec, data.get("searcher"), "searcher")
     if searcher.type not in ("random", "optuna"):
         raise ConfigError(f"searcher.type: expected random or optuna, got {searcher.type!r}")
