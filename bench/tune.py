@@ -8,15 +8,17 @@
 3. ASHA's share of a full search's trial-steps: the steps the trials ran / (trials x max_t).
 4. With --compare-full: the same search without a scheduler (the searcher is seeded by base.seed, so
    it samples the same configurations), every trial to max_t; whether ASHA's best is the full
-   search's best, and where it ranks there.
+   search's best or inside its interval, where it ranks there, and for every report step the rank
+   correlation (Spearman) across trials between the metric there and at max_t: what a rung can know.
 
-    python bench/tune.py [--config tune_configs/toy_cdc.yaml] [--set KEY=VALUE ...] [--out DIR] [--compare-full]
+    python bench/tune.py [--config tune_configs/toy_cdc.yaml] [--set KEY=VALUE ...] [--out DIR] [--compare-full] [--skip-baseline]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import platform
 import tempfile
 import time
@@ -51,6 +53,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="where the search and the baseline runs go (default: a temp dir)")
     parser.add_argument("--compare-full", action="store_true", help="also run the search without ASHA and compare the best configurations")
+    parser.add_argument("--skip-baseline", action="store_true", help="leave out 2. (Tune's overhead): it trains every trial again in this process")
     args = parser.parse_args()
     search = load_search_config(args.config, args.set)
     out = args.out or tempfile.mkdtemp(prefix="bench_tune_")
@@ -68,14 +71,15 @@ def main() -> None:
         reports = frame[frame["trial_id"] == trial_id]
         params = {path: plain_value(last[path]) for path in meta.params}
         steps = int(last["step"])
-        plain = baseline_trial(search, params, steps, [int(s) for s in reports["step"]], str(Path(out) / "baseline" / trial_id))
+        plain = math.nan if args.skip_baseline else baseline_trial(search, params, steps, [int(s) for s in reports["step"]], str(Path(out) / "baseline" / trial_id))
         tune_s, base_s, steps_run = tune_s + float(last["time_total_s"]), base_s + plain, steps_run + steps
         print(f"{trial_id:<14}{last['status']:<15}{steps:>6}{last['time_total_s']:>9.1f}{plain:>9.1f}{last['time_total_s'] / plain:>7.2f}  {last[meta.metric]:.4f}")
 
     full = len(finals) * search.scheduler.max_t
     print(f"\nmachine: {platform.machine()}, {torch.get_num_threads()} torch thread(s) in the baseline, {search.max_concurrent_trials} concurrent trial(s) in the search")
     print(f"search wall: {search_wall:.0f} s for {len(finals)} trials ({summary.statuses}) -> {len(finals) / search_wall * 3600:.1f} trials/hour")
-    print(f"Tune overhead per trial: sum of trial wall times {tune_s:.0f} s / same trials back to back with fsg adapt {base_s:.0f} s = {tune_s / base_s:.2f}")
+    if not args.skip_baseline:
+        print(f"Tune overhead per trial: sum of trial wall times {tune_s:.0f} s / same trials back to back with fsg adapt {base_s:.0f} s = {tune_s / base_s:.2f}")
     print(f"ASHA trial-steps: {steps_run} of a full search's {full} ({steps_run / full:.0%}); best {summary.best_trial} {meta.metric}={summary.best_value:.4f}")
     if args.compare_full:
         compare_full(args, out, finals, meta, summary.best_trial)
@@ -112,6 +116,12 @@ def print_halving_table(frame: pd.DataFrame, meta: SearchMeta, max_t: int, every
             print(f"| {grace} | {factor} | {used} | {used / full:.0%} | {'yes' if best in kept else 'no'} | {len(kept)} |")
 
 
+def rung_correlations(frame: pd.DataFrame, metric: str, max_t: int) -> pd.Series:
+    """Per report step: Spearman's rank correlation across trials between the metric there and at max_t."""
+    by_step = frame.pivot_table(index="trial_id", columns="step", values=metric)
+    return by_step.drop(columns=max_t).corrwith(by_step[max_t], method="spearman")
+
+
 def params_of(row: pd.Series, names: list[str]) -> tuple:
     return tuple(plain_value(row[name]) for name in names)
 
@@ -129,6 +139,15 @@ def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, 
     print(f"\nfull search (no scheduler): {time.perf_counter() - started:.0f} s, {len(full_finals)} trials, {int(full_finals['step'].sum())} trial-steps; "
           f"same sampled configurations as the ASHA search: {asha_configs == full_configs}")
     print_halving_table(full_frame, meta, full_search.scheduler.max_t, full_search.eval.every)
+    print("\n| rung (step) | Spearman with the metric at max_t |\n|---|---|")
+    for step, rho in rung_correlations(full_frame, meta.metric, full_search.scheduler.max_t).items():
+        print(f"| {step} | {rho:.2f} |")
+    if asha_best is not None:
+        best_full = ranked.iloc[0]
+        low, high = (best_full.get(f"{meta.metric}_{end}") for end in ("low", "high"))
+        asha_value = full_finals.loc[[i for i, row in full_finals.iterrows() if params_of(row, meta.params) == params_of(asha_finals.loc[asha_best], meta.params)][0], meta.metric]
+        inside = low is not None and low <= asha_value <= high
+        print(f"ASHA's pick ends the full search at {meta.metric}={asha_value:.4f}; the full best {best_full[meta.metric]:.4f} has interval [{low}, {high}]: ASHA's pick inside it: {inside}")
     print(f"| rank | {' | '.join(meta.params)} | {meta.metric} at max_t | ASHA's best |")
     print(f"|---|{'---|' * len(meta.params)}---|---|")
     best_params = params_of(asha_finals.loc[asha_best], meta.params) if asha_best is not None else None

@@ -21,6 +21,7 @@ from fsg_ray.cli import main
 from fsg_ray.config import load_config
 from fsg_ray.data.toy import sketch
 from fsg_ray.eval.protocol import evaluate
+from fsg_ray.eval.validation import Validation
 from fsg_ray.eval.results import EvalError, EvalSettings
 from fsg_ray.metrics.features import seeded_latents
 from fsg_ray.ray.train import pin_local_inputs
@@ -157,3 +158,10 @@ def test_ray_runs_ship_the_targets_source_and_record_it_absolutely(tmp_path: Pat
     assert input_uris(pinned.target) == [pinned.target, str(tmp_path / "src.pt")]
     assert input_uris("toy:tint") == ["toy:tint"]
 
+
+
+def test_a_search_trial_reports_the_gap_with_its_interval_bounds(source: str, target: str):
+    reported = Validation(target, source, ("corr", "gap"), n=12, features="offline")(source)
+    assert reported["gap_corr_stlpips"] == pytest.approx(0.0, abs=1e-9)
+    assert reported["corr_stlpips_low"] <= reported["corr_stlpips"] <= reported["corr_stlpips_high"]
+    assert {"gap_corr_l1_low", "gap_corr_l1_high", "extractor_stlpips", "eval_s"} <= set(reported)

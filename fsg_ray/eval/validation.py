@@ -2,7 +2,8 @@
 
 It runs fsg eval's protocol (`fsg_ray.eval.protocol.evaluate`) on the checkpoint about to be reported, with
 small sample counts, and reports every number under the extractor-qualified key that protocol uses
-(`kid_offline` when the offline feature extractor did the work) plus the extractors' names.
+(`kid_offline` when the offline feature extractor did the work), its bootstrap interval as
+`<key>_low` / `<key>_high`, plus the extractors' names.
 """
 
 from __future__ import annotations
@@ -40,4 +41,5 @@ class Validation:
     def __call__(self, checkpoint_uri: str, device: str = "cpu") -> dict[str, Any]:
         result = measure(checkpoint_uri, self.validation, self.source, self.metrics, self.n, self.features, device)
         extractors = {f"extractor_{what}": name for what, name in result.extractors.items()}
-        return {**result.metrics, **extractors, "eval_s": result.elapsed_s}
+        bounds = {f"{key}_{end}": value for key, interval in result.intervals.items() for end, value in zip(("low", "high"), interval, strict=True)}
+        return {**result.metrics, **bounds, **extractors, "eval_s": result.elapsed_s}
