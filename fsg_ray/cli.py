@@ -151,7 +151,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from fsg_ray.serve.launch import run_server
     from fsg_ray.serve.settings import load_settings
 
-    run_server(load_settings(args.config, models=args.models), args.host, args.port, args.address)
+    run_server(load_settings(args.config, models=args.models), args.host, args.port, args.address, args.allow_unauthenticated)
 
 
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
@@ -268,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--address", help="join this Ray cluster (e.g. auto) instead of starting one")
+    p.add_argument("--allow-unauthenticated", action="store_true", help="serve without API keys on a non-loopback --host (refused otherwise)")
     p.set_defaults(func=cmd_serve)
     return parser
 

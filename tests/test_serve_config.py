@@ -20,6 +20,7 @@ from fsg_ray.nets.stylegan2 import NoiseInjection
 from fsg_ray.serve.app import build_app
 from fsg_ray.serve.auth import KEYS_ENV, authorized, load_api_keys
 from fsg_ray.serve.errors import ApiError
+from fsg_ray.serve.launch import check_not_open_by_accident
 from fsg_ray.serve.registry import MalformedModelId, ModelRegistry, UnknownModel
 from fsg_ray.serve.rendering import Job, render, render_jobs
 from fsg_ray.serve.schemas import job_of, parse_body
@@ -156,3 +157,23 @@ def test_fsg_serve_refuses_a_taken_port_before_starting_ray(tmp_path: Path, caps
         assert fsg(["serve", "--models", str(tmp_path), "--port", str(port)]) == 2
     assert f"--host/--port 127.0.0.1:{port}: cannot listen there" in capsys.readouterr().err
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10", "::", "example.internal"])
+def test_fsg_serve_refuses_a_keyless_api_on_a_reachable_host_naming_the_ways_out(host: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FSG_SERVE_API_KEYS", raising=False)
+    assert fsg(["serve", "--models", str(tmp_path), "--host", host, "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"--host {host}: other machines can reach this address and no API key is configured" in err
+    assert "FSG_SERVE_API_KEYS" in err and "--allow-unauthenticated" in err
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "::1"])
+def test_loopback_stays_open_for_local_use(host: str) -> None:
+    check_not_open_by_accident(host, (), allow_unauthenticated=False)
+
+
+def test_keys_or_the_explicit_flag_allow_a_reachable_host() -> None:
+    check_not_open_by_accident("0.0.0.0", ("k",), allow_unauthenticated=False)
+    check_not_open_by_accident("0.0.0.0", (), allow_unauthenticated=True)

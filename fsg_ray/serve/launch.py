@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 
@@ -10,13 +11,15 @@ from ray import serve
 
 from fsg_ray.config import ConfigError
 from fsg_ray.serve.app import application
+from fsg_ray.serve.auth import KEYS_ENV, load_api_keys
 from fsg_ray.serve.settings import ServeSettings
 
 APP_NAME = "fsg"
 
 
-def run_server(settings: ServeSettings, host: str, port: int, address: str | None = None) -> None:
+def run_server(settings: ServeSettings, host: str, port: int, address: str | None = None, allow_unauthenticated: bool = False) -> None:
     """Serve until interrupted. Without `address` a local cluster is started for this process alone."""
+    check_not_open_by_accident(host, load_api_keys(settings.api_keys_file), allow_unauthenticated)
     if address is None:
         check_can_listen(host, port)
     ray.init(address=address or "local")
@@ -43,3 +46,23 @@ def check_can_listen(host: str, port: int) -> None:
             pass
     except OSError as exc:
         raise ConfigError(f"--host/--port {host}:{port}: cannot listen there ({exc.strerror or exc})") from None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` ("localhost", 127.0.0.0/8, ::1)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: whatever it resolves to, it is not known to be private to this machine
+        return False
+
+
+def check_not_open_by_accident(host: str, keys: tuple[str, ...], allow_unauthenticated: bool) -> None:
+    """Refuse to put a keyless API on an address other machines reach, unless that is declared to be the intent."""
+    if keys or allow_unauthenticated or is_loopback(host):
+        return
+    raise ConfigError(
+        f"--host {host}: other machines can reach this address and no API key is configured, so anyone could generate images. "
+        f"Set {KEYS_ENV}=key1,key2 or api_keys_file in --config, or pass --allow-unauthenticated if the API is meant to be open"
+    )
