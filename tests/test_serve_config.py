@@ -177,3 +177,4 @@ def test_loopback_stays_open_for_local_use(host: str) -> None:
 def test_keys_or_the_explicit_flag_allow_a_reachable_host() -> None:
     check_not_open_by_accident("0.0.0.0", ("k",), allow_unauthenticated=False)
     check_not_open_by_accident("0.0.0.0", (), allow_unauthenticated=True)
+

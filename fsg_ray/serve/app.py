@@ -183,6 +183,10 @@ def create_api(gateway: Gateway) -> FastAPI:
     return api
 
 
+GENERATOR_CPUS = 1.0
+GATEWAY_CPUS = 0.5
+
+
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve `args` (the ServeSettings fields) -> the bound application: the import path of deploy/serve.yaml."""
     return application(settings_from_dict(dict(args)))
@@ -192,7 +196,7 @@ def application(settings: ServeSettings) -> serve.Application:
     """Only binds; nothing runs until Serve deploys it. A Serve config file's `deployments` override these options."""
     generator = GeneratorDeployment.options(
         num_replicas=settings.generator_replicas,
-        ray_actor_options={"num_cpus": 1, "num_gpus": settings.gpus_per_replica},
+        ray_actor_options={"num_cpus": GENERATOR_CPUS, "num_gpus": settings.gpus_per_replica},
         user_config={"max_batch_size": settings.batch.max_batch_size, "batch_wait_timeout_s": settings.batch.batch_wait_timeout_s},
     )
     # Batching travels only in user_config: a change reconfigures the replicas instead of restarting them.
@@ -204,4 +208,9 @@ def application(settings: ServeSettings) -> serve.Application:
     return gateway.bind(generator.bind(unbatched), unbatched)
 
 
-GatewayDeployment = serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0.5}, max_queued_requests=128)(serve.ingress()(Gateway))
+GatewayDeployment = serve.deployment(name="Gateway", ray_actor_options={"num_cpus": GATEWAY_CPUS}, max_queued_requests=128)(serve.ingress()(Gateway))
+
+
+def cpus_needed(settings: ServeSettings) -> float:
+    """Logical CPUs the application reserves: every generator replica and the gateway (Serve's proxy and controller take none)."""
+    return settings.generator_replicas * GENERATOR_CPUS + GATEWAY_CPUS

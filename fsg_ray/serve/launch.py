@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import math
+import os
 import socket
 import time
 
@@ -10,7 +12,8 @@ import ray
 from ray import serve
 
 from fsg_ray.config import ConfigError
-from fsg_ray.serve.app import application
+from fsg_ray.ray.cluster import start_local
+from fsg_ray.serve.app import application, cpus_needed
 from fsg_ray.serve.auth import KEYS_ENV, load_api_keys
 from fsg_ray.serve.settings import ServeSettings
 
@@ -22,7 +25,11 @@ def run_server(settings: ServeSettings, host: str, port: int, address: str | Non
     check_not_open_by_accident(host, load_api_keys(settings.api_keys_file), allow_unauthenticated)
     if address is None:
         check_can_listen(host, port)
-    ray.init(address=address or "local")
+        # Sized for what the settings reserve, not the core count: two one-CPU replicas and the gateway
+        # on a 2-core box would otherwise wait to be scheduled forever (the replicas then share the cores).
+        start_local(max(os.cpu_count() or 1, math.ceil(cpus_needed(settings))))
+    else:
+        ray.init(address=address)
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(application(settings), name=APP_NAME, route_prefix="/")
