@@ -260,16 +260,17 @@ def _add_fid_kid(
     fk = measure(G_t)
     keys = [k for k in fk if k.split("_")[0] in wanted and isinstance(fk[k], float)]
     bootstrap = KidBootstrap(real, s.n_generated, s.bootstrap_rounds, s.seed) if "kid" in wanted else None
+    kid_replicates = bootstrap.replicates(fk["fake_features"]) if bootstrap is not None else None
     for key in keys:
-        found.add(key, fk[key], bootstrap.replicates(fk["fake_features"]) if key.startswith("kid") else None)
+        found.add(key, fk[key], kid_replicates if key.startswith("kid") else None)
     if references is not None:
         by = {}
         for which in ("source", "ideal"):
             ref_key = (references.target, which, "fid_kid", extractor.name, len(real), s.n_generated, s.seed, s.truncation, str(device), wanted)
             by[which] = _cached(ref_key, lambda G=getattr(references, which): measure(G))
         for key in keys:
-            replicates = tuple(bootstrap.replicates(f["fake_features"]) for f in (by["source"], fk, by["ideal"])) if key.startswith("kid") else None
-            found.add_gap(key, by["source"][key], fk[key], by["ideal"][key], replicates)
+            shared = (bootstrap.replicates(by["source"]["fake_features"]), kid_replicates, bootstrap.replicates(by["ideal"]["fake_features"]))
+            found.add_gap(key, by["source"][key], fk[key], by["ideal"][key], shared if key.startswith("kid") else None)
     if reason is not None:
         found.not_defined["fid"] = reason
     found.extractors["features"] = extractor.name
