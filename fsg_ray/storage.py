@@ -4,16 +4,24 @@ Everything that persists (checkpoints, Tune results, synthetic shards) is addres
 the same config runs on a laptop and on a cluster. S3 endpoints and credentials come only from the
 standard AWS environment variables, so AWS, MinIO, Ceph and the tests' moto server need no code
 change. Writes are atomic: a reader sees the old object, the complete new one, or nothing.
+
+An S3 endpoint that has answered this process once and then stops answering (refused or timed-out
+connections) is taken for an outage: the operation is retried with backoff for up to
+FSG_STORAGE_RETRY_S seconds (default 300), then fails naming the URI and the last error. An endpoint
+that never answered is a misconfiguration and fails at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 import pyarrow.fs as pafs
@@ -35,6 +43,65 @@ class ObjectNotFound(StorageError):
 
 class EndpointUnreachable(StorageError):
     """No S3 endpoint answered (none running at AWS_ENDPOINT_URL, no network, a misspelt host)."""
+
+
+class StorageOutage(EndpointUnreachable):
+    """An endpoint that had answered stopped answering for longer than the retry window."""
+
+
+RETRY_ENV = "FSG_STORAGE_RETRY_S"
+DEFAULT_RETRY_S = 300.0
+MAX_BACKOFF_S = 8.0
+_answered: set[str] = set()  # S3 endpoints that have answered this process at least once
+_log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def retry_window_s() -> float:
+    """How long an S3 operation keeps retrying an outage: FSG_STORAGE_RETRY_S, else DEFAULT_RETRY_S."""
+    raw = os.environ.get(RETRY_ENV)
+    if raw is None:
+        return DEFAULT_RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StorageError(f"{RETRY_ENV}: expected seconds, got {raw!r}") from None
+    if value < 0:
+        raise StorageError(f"{RETRY_ENV}: expected seconds >= 0, got {raw!r}")
+    return value
+
+
+def _through_outages(operation: Callable[..., T]) -> Callable[..., T]:
+    """Retry `operation(uri, ...)` on an S3 endpoint's outage (see the module docstring); local URIs run once."""
+
+    @functools.wraps(operation)
+    def retried(uri: StrPath, *args: object) -> T:
+        if not is_remote(uri):
+            return operation(uri, *args)
+        endpoint, started, delay = _endpoint_name(), time.monotonic(), 0.5
+        while True:
+            try:
+                result = operation(uri, *args)
+            except EndpointUnreachable as exc:
+                if endpoint not in _answered:
+                    raise
+                waited, window = time.monotonic() - started, retry_window_s()
+                if waited + delay > window:
+                    raise StorageOutage(
+                        f"{os.fspath(uri)}: {operation.__name__} kept failing for {waited:.0f} s ({RETRY_ENV}={window:g}); last error: {exc}"
+                    ) from exc
+                if delay == 0.5:
+                    _log.warning("%s: S3 endpoint %s not answering (%s); retrying for up to %g s", os.fspath(uri), endpoint, exc, window)
+                time.sleep(delay)
+                delay = min(2 * delay, MAX_BACKOFF_S)
+                continue
+            except (StorageError, OSError):  # an answer, if not the one hoped for
+                _answered.add(endpoint)
+                raise
+            _answered.add(endpoint)
+            return result
+
+    return retried
 
 
 def _split(uri: StrPath) -> tuple[str, str]:
@@ -144,6 +211,7 @@ def _translated_errors(uri: StrPath, filesystem: pafs.FileSystem, path: str) -> 
         raise
 
 
+@_through_outages
 def read_bytes(uri: StrPath) -> bytes:
     """Whole content of a file or object."""
     filesystem, path = resolve(uri)
@@ -168,6 +236,7 @@ def _write_local_atomically(path: str, data: bytes) -> None:
         raise
 
 
+@_through_outages
 def write_bytes(uri: StrPath, data: bytes) -> None:
     """Write atomically: no reader ever sees a half-written file under the final name.
 
@@ -183,6 +252,7 @@ def write_bytes(uri: StrPath, data: bytes) -> None:
         stream.write(data)
 
 
+@_through_outages
 def exists(uri: StrPath) -> bool:
     """Whether a file, object or directory (prefix) exists; a missing bucket raises BucketNotFound.
 
@@ -198,6 +268,7 @@ def exists(uri: StrPath) -> bool:
     return False
 
 
+@_through_outages
 def is_dir(uri: StrPath) -> bool:
     """Whether a local directory or a non-empty S3 prefix is at the URI."""
     filesystem, path = resolve(uri)
@@ -205,6 +276,7 @@ def is_dir(uri: StrPath) -> bool:
         return filesystem.get_file_info(path).type == pafs.FileType.Directory
 
 
+@_through_outages
 def list_dir(uri: StrPath) -> list[str]:
     """Sorted base names of the direct children; [] when the directory or prefix does not exist."""
     filesystem, path = resolve(uri)
@@ -215,6 +287,7 @@ def list_dir(uri: StrPath) -> list[str]:
     return sorted(info.base_name for info in infos)
 
 
+@_through_outages
 def delete(uri: StrPath) -> None:
     """Delete a file or object, or a whole directory / prefix (e.g. an old checkpoint)."""
     filesystem, path = resolve(uri)
@@ -225,6 +298,7 @@ def delete(uri: StrPath) -> None:
             filesystem.delete_file(path)
 
 
+@_through_outages
 def makedirs(uri: StrPath) -> None:
     """Create a directory and its parents (on S3: empty "dir/" marker objects); no error if present."""
     filesystem, path = resolve(uri)
