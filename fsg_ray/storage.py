@@ -5,7 +5,7 @@ the same config runs on a laptop and on a cluster. S3 endpoints and credentials 
 standard AWS environment variables, so AWS, MinIO, Ceph and the tests' moto server need no code
 change. Writes are atomic: a reader sees the old object, the complete new one, or nothing.
 
-An S3 endpoint that has answered this process once and then stops answering (refused or timed-out
+An S3 endpoint that has answered this job once (this process or the one that started it) and then stops answering (refused or timed-out
 connections) is taken for an outage: the operation is retried with backoff for up to
 FSG_STORAGE_RETRY_S seconds (default 300), then fails naming the URI and the last error. An endpoint
 that never answered is a misconfiguration and fails at once.
@@ -50,9 +50,11 @@ class StorageOutage(EndpointUnreachable):
 
 
 RETRY_ENV = "FSG_STORAGE_RETRY_S"
+# S3 endpoints that have answered this job, in the environment so that the processes it starts (Ray
+# workers of a local cluster inherit it, a joined cluster's get it forwarded) treat an outage as one too.
+ANSWERED_ENV = "FSG_S3_ANSWERED"
 DEFAULT_RETRY_S = 300.0
 MAX_BACKOFF_S = 8.0
-_answered: set[str] = set()  # S3 endpoints that have answered this process at least once
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -71,6 +73,19 @@ def retry_window_s() -> float:
     return value
 
 
+def _endpoint_key() -> str:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
+
+
+def _has_answered(endpoint: str) -> bool:
+    return endpoint in os.environ.get(ANSWERED_ENV, "").split(",")
+
+
+def _mark_answered(endpoint: str) -> None:
+    if not _has_answered(endpoint):
+        os.environ[ANSWERED_ENV] = ",".join(filter(None, [os.environ.get(ANSWERED_ENV), endpoint]))
+
+
 def _through_outages(operation: Callable[..., T]) -> Callable[..., T]:
     """Retry `operation(uri, ...)` on an S3 endpoint's outage (see the module docstring); local URIs run once."""
 
@@ -78,12 +93,12 @@ def _through_outages(operation: Callable[..., T]) -> Callable[..., T]:
     def retried(uri: StrPath, *args: object) -> T:
         if not is_remote(uri):
             return operation(uri, *args)
-        endpoint, started, delay = _endpoint_name(), time.monotonic(), 0.5
+        endpoint, started, delay = _endpoint_key(), time.monotonic(), 0.5
         while True:
             try:
                 result = operation(uri, *args)
             except EndpointUnreachable as exc:
-                if endpoint not in _answered:
+                if not _has_answered(endpoint):
                     raise
                 waited, window = time.monotonic() - started, retry_window_s()
                 if waited + delay > window:
@@ -91,14 +106,14 @@ def _through_outages(operation: Callable[..., T]) -> Callable[..., T]:
                         f"{os.fspath(uri)}: {operation.__name__} kept failing for {waited:.0f} s ({RETRY_ENV}={window:g}); last error: {exc}"
                     ) from exc
                 if delay == 0.5:
-                    _log.warning("%s: S3 endpoint %s not answering (%s); retrying for up to %g s", os.fspath(uri), endpoint, exc, window)
+                    _log.warning("%s: S3 endpoint %s not answering (%s); retrying for up to %g s", os.fspath(uri), _endpoint_name(), exc, window)
                 time.sleep(delay)
                 delay = min(2 * delay, MAX_BACKOFF_S)
                 continue
             except (StorageError, OSError):  # an answer, if not the one hoped for
-                _answered.add(endpoint)
+                _mark_answered(endpoint)
                 raise
-            _answered.add(endpoint)
+            _mark_answered(endpoint)
             return result
 
     return retried

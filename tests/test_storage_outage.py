@@ -6,6 +6,9 @@ unanswered (two kinds of outage a client meets) for OUTAGE_S, then forwards agai
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -94,3 +97,15 @@ def test_a_bad_retry_window_is_refused_naming_the_variable(monkeypatch: pytest.M
     monkeypatch.setenv("FSG_STORAGE_RETRY_S", "soon")
     with pytest.raises(storage.StorageError, match="FSG_STORAGE_RETRY_S: expected seconds, got 'soon'"):
         storage.retry_window_s()
+
+
+def test_a_process_started_by_one_that_reached_the_endpoint_waits_out_an_outage_too(s3_bucket: str, proxy: OutageProxy, monkeypatch: pytest.MonkeyPatch):
+    """A Ray worker is a new process: the endpoint having answered its job travels in the environment."""
+    storage.write_bytes(f"s3://{s3_bucket}/first", b"answered")
+    assert proxy.endpoint in os.environ[storage.ANSWERED_ENV].split(",")
+    proxy.refuse()
+    threading.Timer(5.0, proxy.restore).start()
+    script = f"from fsg_ray import storage; storage.write_bytes('s3://{s3_bucket}/from_child', b'late')"
+    child = subprocess.run([sys.executable, "-c", script], env={**os.environ, "FSG_STORAGE_RETRY_S": "60"}, capture_output=True, text=True, timeout=120)
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert storage.read_bytes(f"s3://{s3_bucket}/from_child") == b"late"
