@@ -14,6 +14,7 @@ that never answered is a misconfiguration and fails at once.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -59,8 +60,23 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+_no_retries: contextvars.ContextVar[bool] = contextvars.ContextVar("fsg_storage_no_retries", default=False)
+
+
+@contextlib.contextmanager
+def without_retries() -> Iterator[None]:
+    """Storage calls in this block fail at the first outage: for a server that must answer now (503), not in minutes."""
+    token = _no_retries.set(True)
+    try:
+        yield
+    finally:
+        _no_retries.reset(token)
+
+
 def retry_window_s() -> float:
-    """How long an S3 operation keeps retrying an outage: FSG_STORAGE_RETRY_S, else DEFAULT_RETRY_S."""
+    """How long an S3 operation keeps retrying an outage: 0 inside `without_retries`, else FSG_STORAGE_RETRY_S or DEFAULT_RETRY_S."""
+    if _no_retries.get():
+        return 0.0
     raw = os.environ.get(RETRY_ENV)
     if raw is None:
         return DEFAULT_RETRY_S

@@ -15,13 +15,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from outage import OutageProxy, outage_proxy
+from serve_fixtures import TINY_STEP, write_tiny_run
 from tiny import write_target_folder, write_tiny_source
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink
 from fsg_ray.cli import main
 from fsg_ray.nets.checkpoints import read_checkpoint
+from fsg_ray.serve.models import ModelLoadError, load_model
 
 OUTAGE_S = 20.0
 STEPS = 6
@@ -109,3 +112,17 @@ def test_a_process_started_by_one_that_reached_the_endpoint_waits_out_an_outage_
     child = subprocess.run([sys.executable, "-c", script], env={**os.environ, "FSG_STORAGE_RETRY_S": "60"}, capture_output=True, text=True, timeout=120)
     assert child.returncode == 0, child.stderr[-2000:]
     assert storage.read_bytes(f"s3://{s3_bucket}/from_child") == b"late"
+
+
+@pytest.mark.parametrize("kind", ["refuse", "hang"])
+def test_a_served_model_not_yet_loaded_is_unavailable_during_an_outage_and_loads_after(kind: str, s3_bucket: str, proxy: OutageProxy, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("FSG_STORAGE_RETRY_S", "300")  # what a training process would wait; a request must not
+    run = f"s3://{s3_bucket}/runs/m0"
+    write_tiny_run(run, 0, "toy:faces")
+    getattr(proxy, kind)()
+    started = time.monotonic()
+    with pytest.raises(ModelLoadError, match=r"model: 'm0' cannot be loaded: .*(cannot reach the S3 endpoint|NETWORK_CONNECTION)"):
+        load_model("m0", run, torch.device("cpu"))
+    assert time.monotonic() - started < 60
+    proxy.restore()
+    assert load_model("m0", run, torch.device("cpu")).info.step == TINY_STEP

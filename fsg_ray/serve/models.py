@@ -81,15 +81,21 @@ def checkpoint_of(run_uri: str, model_id: str) -> str:
 
 
 def load_model(model_id: str, run_uri: str, device: torch.device) -> LoadedModel:
-    """Read a model's checkpoint; a corrupt or mismatched file raises ModelLoadError naming the file within the run."""
+    """Read a model's checkpoint; a corrupt or mismatched file, or storage that does not answer, raises
+    ModelLoadError naming the file within the run. A request waits for no storage outage: it gets a 503 now
+    and the model loads on a later request (a failed load is not cached)."""
     started = time.perf_counter()
-    checkpoint_uri = checkpoint_of(run_uri, model_id)
-    shown = checkpoint_uri.removeprefix(run_uri).lstrip("/") or checkpoint_uri
-    try:
-        sampler, ckpt = load_sampler(checkpoint_uri, device)
-    except (CheckpointError, storage.StorageError, OSError) as exc:
-        reason = str(exc).replace(checkpoint_uri, shown)
-        raise ModelLoadError(f"model: {model_id!r} cannot be loaded: {reason}") from None
+    with storage.without_retries():
+        try:
+            checkpoint_uri = checkpoint_of(run_uri, model_id)
+        except (storage.StorageError, OSError) as exc:
+            raise ModelLoadError(f"model: {model_id!r} cannot be loaded: its run {run_uri} cannot be listed: {' '.join(str(exc).split())}") from None
+        shown = checkpoint_uri.removeprefix(run_uri).lstrip("/") or checkpoint_uri
+        try:
+            sampler, ckpt = load_sampler(checkpoint_uri, device)
+        except (CheckpointError, storage.StorageError, OSError) as exc:
+            reason = str(exc).replace(checkpoint_uri, shown)
+            raise ModelLoadError(f"model: {model_id!r} cannot be loaded: {reason}") from None
     sampler.requires_grad_(False)
     source = ckpt.get("source")
     recorded_source = source if isinstance(source, str) and source != ckpt["uri"] else None
