@@ -33,6 +33,9 @@ from fsg_ray.nets.checkpoints import (
 GRID_SEEDS = list(range(16))
 EXPORT_FILE = "generator.pt"
 SCHEDULE_KEYS = {"steps", "checkpoint_every", "sample_every", "keep_checkpoints"}  # change no weight
+# What a run from before a field existed did, where that differs from the field's default today: it trained
+# its noise strengths as the reference does, so it resumes only under noise.strength=learned.
+BEFORE_FIELD = {"noise.strength": "learned"}
 
 
 class RunSink(Protocol):
@@ -93,14 +96,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> None:
     """A run continues only under the config it was started with; only `steps` may grow.
 
-    A field the checkpoint does not record is newer than the run, which ran with that field's default.
+    A field the checkpoint does not record is newer than the run, which ran with that field's default
+    (or, where the default changed since, with the behaviour in BEFORE_FIELD).
     """
     stored = _flatten(ckpt.get("config", {}))
     defaults = _flatten(config_to_dict(AdaptConfig()))
     for key, now in sorted(_flatten(config_to_dict(config)).items()):
         if key.split(".")[0] in SCHEDULE_KEYS:
             continue
-        was = stored.get(key, defaults[key])
+        was = stored.get(key, BEFORE_FIELD.get(key, defaults[key]))
         if was != now:
             raise CheckpointError(f"{where}: cannot resume, config {key} was {was!r}, now {now!r}")
 
