@@ -79,24 +79,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def plot(rows: list[Row], targets: list[str], methods: list[str], path: str) -> None:
-    """One column per target, one row per metric; a line per method over steps, starting at the source (step 0)."""
-    keys = [k for k in PLOTTED if any(k in row.result.metrics for row in rows)]
-    fig, axes = plt.subplots(len(keys), len(targets), figsize=(3.2 * len(targets), 2.2 * len(keys)), squeeze=False)
+def figure(rows: list[Row], targets: list[str], methods: list[str]) -> plt.Figure:
+    """One column per target, one panel per metric that target defines (babies has no image transform, so no
+    corr_l1); a line per method over steps, starting at the source (step 0). Slots a target leaves over are
+    removed rather than drawn empty."""
+    keys = {target: [k for k in PLOTTED if any(row.target == target and k in row.result.metrics for row in rows)] for target in targets}
+    n_rows = max(1, *(len(k) for k in keys.values()))
+    fig, axes = plt.subplots(n_rows, len(targets), figsize=(3.2 * len(targets), 2.2 * n_rows), squeeze=False)
     for col, target in enumerate(targets):
         source = [row for row in rows if row.target == target and row.steps == 0]
         for line, method in enumerate(methods):
             runs = source + sorted((row for row in rows if row.target == target and row.method == method), key=lambda row: row.steps)
-            for r, key in enumerate(keys):
+            for r, key in enumerate(keys[target]):
                 points = [(row.steps, row.result.metrics[key]) for row in runs if key in row.result.metrics]
                 if points:
                     axes[r][col].plot(*zip(*points), marker="o", label=method, color=f"C{line}")
-        for r, key in enumerate(keys):
+        for r, key in enumerate(keys[target]):
             axes[r][col].set_title(f"{target}: {key}", fontsize=8)
             axes[r][col].tick_params(labelsize=7)
-        axes[-1][col].set_xlabel("adaptation steps", fontsize=8)
-    axes[0][0].legend(fontsize=7)
+        for r in range(len(keys[target]), n_rows):
+            fig.delaxes(axes[r][col])
+        if keys[target]:
+            axes[len(keys[target]) - 1][col].set_xlabel("adaptation steps", fontsize=8)
+    if fig.axes:
+        fig.axes[0].legend(fontsize=7)
     fig.tight_layout()
+    return fig
+
+
+def plot(rows: list[Row], targets: list[str], methods: list[str], path: str) -> None:
+    fig = figure(rows, targets, methods)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -38,7 +38,7 @@ def _train(spec, args: argparse.Namespace) -> None:
         return
     from fsg_ray.ray.train import Scaling, adapt_on_ray
 
-    adapt_on_ray(spec, args.out, Scaling(workers=args.workers, gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures))
+    adapt_on_ray(spec, args.out, Scaling(workers=args.workers, gpus_per_worker=args.gpus_per_worker, max_failures=args.max_failures), progress=not args.quiet)
 
 
 def cmd_adapt(args: argparse.Namespace) -> None:

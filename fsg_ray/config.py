@@ -119,6 +119,30 @@ class AugmentConfig:
             raise ConfigError(f"augment.kimg: expected a positive number, got {self.kimg}")
 
 
+NOISE_STRENGTHS = ("learned", "frozen", "penalised")
+
+
+@dataclass(frozen=True)
+class NoiseConfig:
+    """What adaptation does with G's noise-injection strengths (`noise.weight`, one scalar per styled conv).
+
+    "learned" is the reference: trained like every other weight. With ten shots of high-frequency strokes the
+    adversarial game raises them 3-100x and G draws grain instead of strokes (issue #20). "frozen" keeps the
+    source's values in G_t and G_ema (AdAM's adaptation zeroes their gradients); "penalised" adds
+    `weight * sum_l (s_l - s_source_l)^2` to the G loss, pulling G_t's toward the source's (the default: the lowest
+    KID for CDC and TGAN on the toy benchmark, without grain). fsg_ray/adapt/noise.py applies it.
+    """
+
+    strength: str = "penalised"  # a deliberate change from the reference, measured in bench/RESULTS.md ("noise strengths")
+    weight: float = 100.0  # penalised only: at 100 the pull outweighs the adversarial gradient (|g| ~0.2) once a strength is ~0.001 off
+
+    def __post_init__(self) -> None:
+        if self.strength not in NOISE_STRENGTHS:
+            raise ConfigError(f"noise.strength: expected one of {', '.join(NOISE_STRENGTHS)}, got {self.strength!r}")
+        if self.weight < 0:
+            raise ConfigError(f"noise.weight: expected a non-negative weight, got {self.weight}")
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     method: str = "cdc"
@@ -133,6 +157,7 @@ class AdaptConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch": self.batch, "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every}

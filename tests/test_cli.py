@@ -60,6 +60,26 @@ def test_a_checkpoint_written_before_a_config_field_existed_resumes_under_its_de
     assert adapt(source, "toy:sketch", tmp_path / "run", 6, "--set", "optim.precision=bf16") == 2
 
 
+def test_a_run_resumes_only_under_its_noise_setting(tmp_path: Path, capsys):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2, "--set", "noise.strength=frozen")
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4, "--set", "noise.strength=learned") == 2
+    assert "cannot resume, config noise.strength was 'frozen', now 'learned'" in capsys.readouterr().err
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4, "--set", "noise.strength=frozen") == 0
+
+
+def test_a_checkpoint_from_before_the_noise_setting_resumes_only_as_the_learned_strengths_it_trained(tmp_path: Path, capsys):
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2, "--set", "noise.strength=learned")
+    state = tmp_path / "run" / "checkpoint_000002" / "state.pt"
+    ckpt = torch.load(state, weights_only=True)
+    del ckpt["config"]["noise"]
+    torch.save(ckpt, state)
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4) == 2
+    assert "cannot resume, config noise.strength was 'learned', now 'penalised'" in capsys.readouterr().err
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4, "--set", "noise.strength=learned") == 0
+
+
 def test_adapt_reads_a_folder_of_user_images(tmp_path: Path):
     source = write_tiny_source(tmp_path / "source.pt")
     assert adapt(source, write_target_folder(tmp_path / "shots"), tmp_path / "run", 2, "--method", "tgan") == 0

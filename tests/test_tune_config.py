@@ -237,3 +237,17 @@ def test_the_random_searcher_draws_from_base_seed_so_a_search_without_asha_sampl
     assert len(first) == with_asha.max_concurrent_trials
     assert sampled_configs(without) == first
     assert sampled_configs(load_search_config(shipped, ["base.seed=1"])) != first
+
+
+def test_the_noise_setting_can_be_searched_as_a_choice(tmp_path):
+    data = changed("search/noise.strength", {"space": "choice", "values": ["learned", "frozen", "penalised"]})
+    search = load_search_config(write(tmp_path, data))
+    assert search.search["noise.strength"].values == ("learned", "frozen", "penalised")
+    config = search.trial_config({"cdc.weight": 250.0, "anchors.every": 2, "noise.strength": "penalised"})
+    assert config.noise.strength == "penalised"
+
+
+def test_an_unknown_noise_setting_in_a_search_is_rejected_naming_the_key(tmp_path):
+    config = write(tmp_path, changed("search/noise.strength", {"space": "choice", "values": ["learned", "muted"]}))
+    with pytest.raises(ConfigError, match=r"search\.noise\.strength: the value 'muted' does not fit \(noise\.strength: expected one of"):
+        load_search_config(config)

@@ -20,6 +20,7 @@ from fsg_ray.adapt.augment import AdaptiveAugment
 from fsg_ray.adapt.cdc import cdc_loss_official, cdc_loss_paper, sample_layers
 from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from fsg_ray.adapt.methods import Method, Networks, make_method
+from fsg_ray.adapt.noise import NoiseStrengths
 from fsg_ray.adapt.precision import MixedPrecision
 from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError, config_to_dict
 from fsg_ray.data.images import FewShotImages
@@ -116,7 +117,9 @@ class Adaptation:
             check_patch_levels(config.anchors, nets.d)
         self.method.setup(nets)
         self.augment = AdaptiveAugment(config.augment) if config.augment.enabled or self.method.augments else None
-        self.g_params = self.method.g_parameters(nets)
+        trained = self.method.g_parameters(nets)
+        self.noise = NoiseStrengths(config.noise, nets, trained)
+        self.g_params = self.noise.trainable(trained)
         self.d_params = self.method.d_parameters(nets)
         opt = config.optim
         self.g_optim = lazy_adam(self.g_params, opt.lr, opt.g_reg_every)
@@ -216,9 +219,9 @@ class Adaptation:
         if self.method.uses_cdc:
             dist_loss = self.distance_consistency()
             self.precision.backward("g", self.config.cdc.weight * dist_loss)
-        penalty = self.method.g_penalty(self.nets)
-        if penalty is not None:
-            self.precision.backward("g", penalty)
+        for penalty in (self.method.g_penalty(self.nets), self.noise.penalty()):
+            if penalty is not None:
+                self.precision.backward("g", penalty)
         self.precision.step("g", self.g_optim, self.dist.sync_gradients, self.g_params)
         return adversarial.item(), dist_loss.item()
 
@@ -250,8 +253,10 @@ class Adaptation:
 
     @torch.no_grad()
     def ema_update(self) -> None:
-        for p_ema, p in zip(self.nets.g_ema.parameters(), self.method.ema_target(self.nets)):
-            p_ema.lerp_(p, 1.0 - self.ema_decay)
+        frozen = self.noise.frozen
+        for (name, p_ema), p in zip(self.nets.g_ema.named_parameters(), self.method.ema_target(self.nets)):
+            if name not in frozen:
+                p_ema.lerp_(p, 1.0 - self.ema_decay)
 
     def _seed_step(self) -> None:
         """Every random draw of step k is a function of (seed, k, rank): resuming needs no RNG state.

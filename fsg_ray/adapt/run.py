@@ -34,6 +34,9 @@ from fsg_ray.nets.checkpoints import (
 GRID_SEEDS = list(range(16))
 EXPORT_FILE = "generator.pt"
 SCHEDULE_KEYS = {"steps", "checkpoint_every", "sample_every", "keep_checkpoints"}  # change no weight
+# What a run from before a field existed did, where that differs from the field's default today: it trained
+# its noise strengths as the reference does, so it resumes only under noise.strength=learned.
+BEFORE_FIELD = {"noise.strength": "learned"}
 
 
 class RunSink(Protocol):
@@ -94,14 +97,15 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> None:
     """A run continues only under the config it was started with; only `steps` may grow.
 
-    A field the checkpoint does not record is newer than the run, which ran with that field's default.
+    A field the checkpoint does not record is newer than the run, which ran with that field's default
+    (or, where the default changed since, with the behaviour in BEFORE_FIELD).
     """
     stored = _flatten(ckpt.get("config", {}))
     defaults = _flatten(config_to_dict(AdaptConfig()))
     for key, now in sorted(_flatten(config_to_dict(config)).items()):
         if key.split(".")[0] in SCHEDULE_KEYS:
             continue
-        was = stored.get(key, defaults[key])
+        was = stored.get(key, BEFORE_FIELD.get(key, defaults[key]))
         if was != now:
             raise CheckpointError(f"{where}: cannot resume, config {key} was {was!r}, now {now!r}")
 
@@ -120,6 +124,28 @@ def correspondence_grid(run: Adaptation) -> Any:
     return pair_grid(*same_noise_pair(run.nets.g_source, run.nets.g_ema, z))
 
 
+class Progress(Protocol):
+    """What a run shows while it trains: called once per step, closed when the run ends."""
+
+    def update(self, stats: StepStats) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class ConsoleProgress:
+    """A tqdm bar on this process's stderr: steps/s, ETA and the latest losses."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = tqdm(total=total, initial=initial, desc="adapt", unit="step")
+
+    def update(self, stats: StepStats) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(stats_line(stats), refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def stats_line(stats: StepStats) -> dict[str, float]:
     line = {"d": stats.d_loss, "g": stats.g_loss}
     if stats.cdc_loss:
@@ -135,6 +161,7 @@ def run_adaptation(
     on_step: Callable[[Adaptation], None] | None = None,
     device: torch.device | str = "cpu",
     locate: Locate = same_place,
+    bar: Callable[[int, int], Progress] = ConsoleProgress,
 ) -> Adaptation:
     """Train from the sink's latest checkpoint (or `resume_from`, or the start) to `config.steps`.
 
@@ -146,17 +173,25 @@ def run_adaptation(
     if ckpt is not None:
         check_resumable(ckpt, spec.config, ckpt["uri"])
         run.restore(ckpt)
-    return train_until_done(run, spec, sink, progress, on_step)
+    return train_until_done(run, spec, sink, progress, on_step, bar)
 
 
-def train_until_done(run: Adaptation, spec: RunSpec, sink: RunSink, progress: bool = True, on_step: Callable[[Adaptation], None] | None = None) -> Adaptation:
+def train_until_done(
+    run: Adaptation,
+    spec: RunSpec,
+    sink: RunSink,
+    progress: bool = True,
+    on_step: Callable[[Adaptation], None] | None = None,
+    bar: Callable[[int, int], Progress] = ConsoleProgress,
+) -> Adaptation:
+    """Steps to `config.steps`; with `progress`, a `bar(total, initial)` shows them."""
     config = spec.config
-    bar = tqdm(total=config.steps, initial=run.step, disable=not progress, desc="adapt", unit="step")
+    shown = bar(config.steps, run.step) if progress else None
     started, first_step = time.perf_counter(), run.step
     while run.step < config.steps:
         stats = run.train_step()
-        bar.update(1)
-        bar.set_postfix(stats_line(stats), refresh=False)
+        if shown is not None:
+            shown.update(stats)
         if on_step is not None:
             on_step(run)
         done = run.step == config.steps
@@ -167,7 +202,8 @@ def train_until_done(run: Adaptation, spec: RunSpec, sink: RunSink, progress: bo
             steps = run.step - first_step
             metrics = {**stats_line(stats), "step": run.step, "step_time_s": elapsed / steps, "images_per_s": steps * config.batch / elapsed}
             sink.save_checkpoint(run.step, run.checkpoint(spec.source, spec.target), metrics)
-    bar.close()
+    if shown is not None:
+        shown.close()
     return run
 
 

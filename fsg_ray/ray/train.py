@@ -33,12 +33,15 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import ray.train
+import ray.train.v2._internal.execution.context as train_context
 import torch
+from ray.experimental import tqdm_ray
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, UserCallback
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
-from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
+from fsg_ray.adapt.loop import StepStats
+from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation, stats_line
 from fsg_ray.adapt.targets import closed_world, input_uris, with_source_mapped
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
 from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, forwarded_env, storage_problem
@@ -127,6 +130,28 @@ class TrainReportSink:
             self.files.save_grid(step, grid)
 
 
+class DriverProgress:
+    """Rank 0's steps as one bar that the driver draws (Ray's tqdm): steps/s, ETA and the latest losses."""
+
+    def __init__(self, total: int, initial: int):
+        self.bar = tqdm_ray.tqdm(total=total, desc="adapt", unit="step")
+        self.bar.n = initial
+
+    def update(self, stats: StepStats) -> None:
+        self.bar.set_description("adapt " + " ".join(f"{k}={v:.3g}" for k, v in stats_line(stats).items()))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def quiet_ray_train_reports() -> None:
+    """Ray Train logs every `report` of every worker at INFO ("Reporting training result 1: TrainingReport(...)"),
+    through a logger named after its file, so Train's own log level does not reach it; the run's progress
+    bar and checkpoint lines say the same once."""
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def train_worker(config: dict[str, Any]) -> None:
     """The body of every Ray Train worker."""
     spec: RunSpec = config["spec"]
@@ -135,6 +160,7 @@ def train_worker(config: dict[str, Any]) -> None:
     # A node that joined after the driver's check (autoscaling) is checked here, before any work.
     if storage.is_remote(run_uri) and (problem := storage_problem(run_uri)):
         raise NodeStorageError(problem)
+    quiet_ray_train_reports()
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     # Ray Train keys node ranks by IP, which several nodes can share: the node id says where a rank runs.
@@ -152,7 +178,8 @@ def train_worker(config: dict[str, Any]) -> None:
     validation = config.get("validation")
     validate = functools.partial(validation, device=str(device)) if validation is not None else None
     sink = TrainReportSink(run_uri, rank, world_size, validate)
-    run_adaptation(spec, sink, ProcessGroup(), progress=False, on_step=on_step, device=device, locate=inputs.locate)
+    progress = rank == 0 and config["progress"]
+    run_adaptation(spec, sink, ProcessGroup(), progress=progress, on_step=on_step, device=device, locate=inputs.locate, bar=DriverProgress)
 
 
 def ship_inputs(spec: RunSpec) -> ShippedInputs:
@@ -167,12 +194,13 @@ def make_trainer(
     inputs: ShippedInputs | None = None,
     validation: Callable[..., dict[str, Any]] | None = None,
     callbacks: Sequence[UserCallback] = (),
+    progress: bool = False,
 ) -> TorchTrainer:
     """A TorchTrainer of `train_worker` for the run at `run_uri`.
 
     `inputs` ships the spec's local files; without it they are shipped from this process, so a Tune
     trial (which runs on any node) must get them shipped by the driver. `validation(checkpoint_file,
-    device=)` adds metrics to every report.
+    device=)` adds metrics to every report. `progress`: rank 0's progress bar, drawn by the driver.
     """
     storage_path, name, filesystem = ray_storage(run_uri)
     config = {
@@ -182,6 +210,7 @@ def make_trainer(
         "fault": os.environ.get(FAULT_ENV),
         "threads": max(1, int(scaling.cpus_per_worker)),
         "validation": validation,
+        "progress": progress,
     }
     return TorchTrainer(
         train_worker,
@@ -217,7 +246,7 @@ def pin_local_inputs(spec: RunSpec) -> RunSpec:
 
 
 
-def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Result:
+def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling, progress: bool = False) -> ray.train.Result:
     """Train to `spec.config.steps` on Ray (resuming the run if it exists), then export the generator.
 
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
@@ -225,6 +254,6 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
     spec, run_uri = pin_local_inputs(spec), storage.absolute(run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     check_nodes_reach([run_uri, *(name for name in (spec.source, spec.target, spec.resume_from) if name)])
-    result = make_trainer(spec, run_uri, scaling, ship_inputs(spec)).fit()
+    result = make_trainer(spec, run_uri, scaling, ship_inputs(spec), progress=progress).fit()
     export_final_generator(run_uri)
     return result
