@@ -210,3 +210,20 @@ def test_the_random_searcher_draws_from_base_seed_so_a_search_without_asha_sampl
     assert len(first) == with_asha.max_concurrent_trials
     assert sampled_configs(without) == first
     assert sampled_configs(load_search_config(shipped, ["base.seed=1"])) != first
+
+
+def test_an_unknown_method_in_base_or_in_the_search_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"base\.method: unknown 'nosuch'; available: ada, adam, bsa, cdc"):
+        load_search_config(write(tmp_path, changed("base/method", "nosuch")))
+    with pytest.raises(ConfigError, match=r"search\.method: the value 'nosuch' does not fit \(method: unknown 'nosuch'; available: ada, adam, bsa"):
+        load_search_config(write(tmp_path, changed("search/method", {"space": "choice", "values": ["cdc", "nosuch"]})))
+
+
+def test_cli_refuses_a_search_whose_base_target_is_missing_before_starting_ray(tmp_path, capsys, monkeypatch):
+    from fsg_ray.ray import tune
+
+    monkeypatch.setattr(tune, "connect", lambda **_: pytest.fail("Ray was started"))
+    data = changed("base/target", str(tmp_path / "MISSING"))
+    data["eval"]["validation"] = "toy:sketch"
+    assert main(["tune", str(write(tmp_path, data)), "--out", str(tmp_path / "run")]) == 2
+    assert "MISSING" in capsys.readouterr().err

@@ -38,7 +38,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
-from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
+from fsg_ray.adapt.run import DirectorySink, RunSpec, check_inputs, export_final_generator, run_adaptation
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
 from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, forwarded_env, storage_problem
 from fsg_ray.ray.collective import ProcessGroup
@@ -221,6 +221,7 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling) -> ray.train.Res
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
     spec, run_uri = pin_local_inputs(spec), storage.absolute(run_uri)
+    check_inputs(spec, run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     check_nodes_reach([run_uri, *(name for name in (spec.source, spec.target, spec.resume_from) if name)])
     result = make_trainer(spec, run_uri, scaling, ship_inputs(spec)).fit()
