@@ -484,3 +484,16 @@ def test_bad_adam_settings_are_refused_naming_the_key(override: str, message: st
 def test_new_adaptation_probes_first_and_the_probe_fits_the_run():
     run = new_adaptation(tiny_source(), tiny_targets(), config())
     assert run.method.probe["settings"]["adam.probe_steps"] == 2
+
+
+def test_checkpoints_hold_the_adapted_g_and_d_folded_into_plain_weights(probe):
+    run = run_with_probe(probe)
+    for _ in range(2):
+        run.train_step()
+    ckpt = run.checkpoint("tiny", "random")
+    source = {**tiny_source(), **{k: ckpt[k] for k in ("g", "d")}}
+    g, d = build_generator(source, "g"), build_discriminator(source)
+    z, images = torch.randn(2, TINY.style_dim), torch.rand(4, 3, TINY.size, TINY.size)
+    with torch.no_grad():
+        assert torch.equal(g(z, noise="const"), run.nets.g(z, noise="const"))
+        assert torch.equal(d(images), run.nets.d(images))

@@ -282,9 +282,8 @@ class Adaptation:
             "target": target,
             "config": config_to_dict(self.config),
             "step": self.step,
-            "g": n.g.state_dict(),
+            **self.method.network_states(n),
             "g_ema": n.g_ema.state_dict(),
-            "d": n.d.state_dict(),
             "heads": n.heads.state_dict(),
             "g_optim": self.g_optim.state_dict(),
             "d_optim": self.d_optim.state_dict(),
@@ -307,7 +306,7 @@ class Adaptation:
         for optim in (self.g_optim, self.d_optim):
             for p in optim.state:  # Adam state means it has had a gradient: keep stepping it as `_apply` does
                 p.grad = torch.zeros_like(p)
-        self.method.load_state_dict(ckpt["method_state"])
+        self.method.load_state_dict(ckpt["method_state"])  # after g and d: a method that folds them restores their raw weights
         if self.augment is not None:
             self.augment.load_state_dict(ckpt["augment"])
         self.anchors = ckpt["anchors"]

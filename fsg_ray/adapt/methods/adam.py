@@ -5,8 +5,8 @@ Reference: AdAM_main_adaptation.py. Kernels whose Fisher score (fsg_ray/adapt/pr
 fine-tuned and their modulation is held at zero. The choice is made per output kernel of G's styled convs
 (and, separately, per channel of their style affines) and of D's residual blocks, with the reference's
 exact scores; everything else follows its code too (docs/methods.md lists where that differs from the paper).
-Training computes with the modulated weights (kernel_modulation.py), G_ema follows their folded values,
-so a run exports a plain StyleGAN2 generator.
+Training computes with the modulated weights (kernel_modulation.py); G_ema follows their folded values,
+and checkpoints hold G_t and D folded too, so a run exports plain StyleGAN2 weights under every key.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from fsg_ray.adapt.kernel_modulation import KernelModulation, discriminator_site
 from fsg_ray.adapt.methods.base import Method, Networks
 from fsg_ray.adapt.probe_artifact import PROBE_FILE, check_probe, probe_digest
 from fsg_ray.data.images import FewShotImages
-from fsg_ray.nets.checkpoints import CheckpointError
+from fsg_ray.nets.checkpoints import CheckpointError, load_state_strict
 from fsg_ray.nets.stylegan2 import Discriminator, Generator, ResBlock
 
 # G's parameters the reference never lets move: its noise strengths and activation biases inside the styled
@@ -146,11 +146,24 @@ class AdAM(Method):
         folded = self.g.folded()
         return [folded[name] for name, _ in nets.g.named_parameters()]
 
+    def network_states(self, nets: Networks) -> dict[str, dict[str, Tensor]]:
+        """The adapted G_t and D with their modulation folded in: plain StyleGAN2 weights under the field's keys."""
+        return {"g": self.g.folded(), "d": self.d.folded()}
+
     def state_dict(self) -> dict[str, Any]:
-        return {"g": self.g.state_dict(), "d": self.d.state_dict(), "probe_sha256": probe_digest(self.probe)}
+        """The raw weights behind the folded `g` and `d`, the modulation vectors, and which probe chose the kernels."""
+        return {
+            "g_weights": self.g.net.state_dict(),
+            "d_weights": self.d.net.state_dict(),
+            "g_vectors": self.g.state_dict(),
+            "d_vectors": self.d.state_dict(),
+            "probe_sha256": probe_digest(self.probe),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["probe_sha256"] != probe_digest(self.probe):
             raise CheckpointError(f"adam: the checkpoint was trained with another importance probe (sha256 {state['probe_sha256'][:12]}) than this run's {PROBE_FILE} ({probe_digest(self.probe)[:12]})")
-        self.g.load_state_dict(state["g"])
-        self.d.load_state_dict(state["d"])
+        load_state_strict(self.g.net, state["g_weights"], "method_state[g_weights]")
+        load_state_strict(self.d.net, state["d_weights"], "method_state[d_weights]")
+        self.g.load_state_dict(state["g_vectors"])
+        self.d.load_state_dict(state["d_vectors"])

@@ -84,6 +84,12 @@ class Method:
         through extra parameters, which it then folds into plain weights so G_ema stays an exportable `Generator`."""
         return list(nets.g.parameters())
 
+    def network_states(self, nets: Networks) -> dict[str, dict[str, Tensor]]:
+        """G_t and D as checkpoints hold them under `g` and `d`, in the field's format (what export and
+        `load_generator(which="g")` read): their own weights, unless a method trains them through extra
+        parameters, which it then folds in (and keeps what a resume needs in its `state_dict`)."""
+        return {"g": nets.g.state_dict(), "d": nets.d.state_dict()}
+
     def state_dict(self) -> dict[str, Any]:
         """Method state that an exact resume needs."""
         return {}
