@@ -497,3 +497,14 @@ def test_checkpoints_hold_the_adapted_g_and_d_folded_into_plain_weights(probe):
     with torch.no_grad():
         assert torch.equal(g(z, noise="const"), run.nets.g(z, noise="const"))
         assert torch.equal(d(images), run.nets.d(images))
+
+
+def test_probing_is_reproducible_and_leaves_the_callers_random_state_alone():
+    source, targets = tiny_source(), tiny_targets()
+    torch.manual_seed(123)
+    first = probe_module.run_probe(source, targets, config())
+    after_probe = torch.rand(3)
+    torch.manual_seed(123)
+    assert torch.equal(after_probe, torch.rand(3))
+    second = probe_module.run_probe(source, targets, config())
+    assert probe_digest(first) == probe_digest(second)

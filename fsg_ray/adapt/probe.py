@@ -91,13 +91,20 @@ def fisher_information(
 
 
 def run_probe(source: dict[str, Any], targets: FewShotImages, config: AdaptConfig, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """The probe of this source, shots and config: its identity (probe_artifact.py) and the two Fisher dicts."""
-    probing = Probing(config)
-    run = Adaptation(init_networks(source, device), targets, config, SingleProcess(), probing)
-    run.ema_decay = REFERENCE_EMA_DECAY  # the reference probes with its fixed decay, whatever the run length
-    for _ in range(config.adam.probe_steps):
-        run.train_step()
-        probing.average(run.nets, run.ema_decay)
-    samples = config.adam.fisher_batches * config.batch
-    fisher_g, fisher_d = fisher_information(run.nets.g_ema, probing.d_ema_net, probing.g_ema, probing.d_ema, run.targets, samples, config.seed)
+    """The probe of this source, shots and config: its identity (probe_artifact.py) and the two Fisher dicts.
+
+    Seeded from `config.seed` on a forked RNG: the same inputs give the same probe in any process, and the
+    caller's random state (which seeds, e.g., the patch heads identically on every Ray worker) is untouched.
+    """
+    devices = [device] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(config.seed)
+        probing = Probing(config)
+        run = Adaptation(init_networks(source, device), targets, config, SingleProcess(), probing)
+        run.ema_decay = REFERENCE_EMA_DECAY  # the reference probes with its fixed decay, whatever the run length
+        for _ in range(config.adam.probe_steps):
+            run.train_step()
+            probing.average(run.nets, run.ema_decay)
+        samples = config.adam.fisher_batches * config.batch
+        fisher_g, fisher_d = fisher_information(run.nets.g_ema, probing.d_ema_net, probing.g_ema, probing.d_ema, run.targets, samples, config.seed)
     return {**probe_identity(source, targets.images, config), "fisher_g": {k: v.cpu() for k, v in fisher_g.items()}, "fisher_d": {k: v.cpu() for k, v in fisher_d.items()}}
