@@ -473,6 +473,7 @@ def test_an_adam_run_exports_a_plain_stylegan2_that_loads_strictly(tmp_path: Pat
     z = torch.randn(2, TINY.style_dim)
     assert torch.equal(load_generator(str(tmp_path / "run"))(z, noise="const"), plain(z, noise="const"))
     assert not torch.equal(plain(z, noise="const"), load_generator(str(tmp_path / "source.pt"))(z, noise="const"))
+    assert main(["sample", "--generator", str(tmp_path / "run"), "--seeds", "0-3", "--out", str(tmp_path / "grid.png")]) == 0
 
 
 @pytest.mark.parametrize(("override", "message"), [("adam.quantile=101", "adam.quantile: expected a percentile in [0, 100], got 101"), ("adam.fisher_batches=0", "adam.fisher_batches"), ("adam.probe_steps=-1", "adam.probe_steps")])
