@@ -40,6 +40,8 @@ class LastCheckpoint:
         self.ckpt: dict[str, Any] = {}
         self.metrics: dict[str, float] = {}
 
+    run_uri = None  # no run directory: a method's per-run artifact is made in memory
+
     def latest_checkpoint(self) -> None:
         return None
 

@@ -55,6 +55,8 @@ class MetricsOnly:
     def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
 
+    run_uri = None  # no run directory: a method's per-run artifact is made in memory
+
     def latest_checkpoint(self) -> None:
         return None
 

@@ -98,6 +98,27 @@ class BaselineConfig:
 
 
 @dataclass(frozen=True)
+class AdamConfig:
+    """AdAM (Zhao et al. 2022, docs/methods.md): importance probing, then kernel modulation of the important kernels.
+
+    Defaults are the reference's run scripts (yunqing-me/RICK `_bash_importance_probing.sh`,
+    `_bash_main_adaptation.sh`, FFHQ -> Babies).
+    """
+
+    quantile: float = 50.0  # percentile (0-100) of the Fisher scores above which a kernel is important (--fisher_quantile; 75 for AFHQ-Cat)
+    probe_steps: int = 500  # probing iterations training only the modulation before the Fisher is measured (--fisher_iter)
+    fisher_batches: int = 250  # batches of `batch` generated images the Fisher averages over, one gradient per image (--num_batch_fisher)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.quantile <= 100.0:
+            raise ConfigError(f"adam.quantile: expected a percentile in [0, 100], got {self.quantile}")
+        if self.probe_steps < 0:
+            raise ConfigError(f"adam.probe_steps: expected a non-negative integer, got {self.probe_steps}")
+        if self.fisher_batches < 1:
+            raise ConfigError(f"adam.fisher_batches: expected a positive integer, got {self.fisher_batches}")
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Adaptive differentiable augmentation of everything D sees (ADA, Karras et al. 2020), for any method.
 
@@ -158,6 +179,7 @@ class AdaptConfig:
     baselines: BaselineConfig = field(default_factory=BaselineConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
+    adam: AdamConfig = field(default_factory=AdamConfig)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch": self.batch, "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every}
@@ -186,6 +208,14 @@ class AdaptConfig:
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested plain data -> {dotted.key: leaf value}, the keys `--set` takes."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
+    return flat
 
 
 def config_from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:

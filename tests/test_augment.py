@@ -83,7 +83,7 @@ def test_augmentation_is_off_by_default():
 
 @pytest.mark.parametrize("method", sorted(set(METHODS) - {"ada"}))
 def test_augment_enabled_augments_every_image_the_discriminator_sees_for_any_method(method: str, monkeypatch):
-    run = tiny_run(f"method={method}", "augment.enabled=true", "baselines.ewc_samples=4", "baselines.freeze_d_blocks=2")
+    run = tiny_run(f"method={method}", "augment.enabled=true", "baselines.ewc_samples=4", "baselines.freeze_d_blocks=2", "adam.probe_steps=1", "adam.fisher_batches=1")
     seen = []
     monkeypatch.setattr(augment_module, "augment", lambda images, p: seen.append(images.shape[0]) or augment(images, p))
     run.train_step()  # step 0: D on reals and fakes, R1 on reals, G on fakes

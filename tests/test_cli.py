@@ -158,3 +158,37 @@ def test_corrupt_source_checkpoint_is_named(tmp_path: Path, capsys):
     (tmp_path / "source.pt").write_bytes(b"not a checkpoint")
     assert adapt(str(tmp_path / "source.pt"), "toy:sketch", tmp_path / "run", 1) == 2
     assert "source.pt: not a readable torch checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "nosuch"], "method: unknown 'nosuch'; available: ada, adam, bsa, cdc, ewc, freezed, minegan, tgan"),
+        (["--target", "MISSING"], "MISSING"),
+        (["--set", "anchors.patch_levels=4"], "anchors.patch_levels: the 32px discriminator has 3 patch maps"),
+        (["--method", "freezed", "--set", "baselines.freeze_d_blocks=9"], "baselines.freeze_d_blocks: the 32px discriminator has 3 residual blocks, got 9"),
+    ],
+)
+def test_bad_input_to_a_ray_run_is_refused_before_ray_starts(tmp_path: Path, capsys, monkeypatch, args: list[str], message: str):
+    from fsg_ray.ray import train
+
+    monkeypatch.setattr(train, "connect", lambda **_: pytest.fail("Ray was started"))
+    argv = ["adapt", "--source", write_tiny_source(tmp_path / "source.pt"), "--target", "toy:sketch", "--out", str(tmp_path / "run"), "--workers", "2", "--quiet"]
+    for flag, value in zip(args[::2], args[1::2]):
+        if flag in argv:
+            argv[argv.index(flag) + 1] = value
+        else:
+            argv += [flag, value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_a_ray_run_resumed_under_another_config_is_refused_before_ray_starts(tmp_path: Path, capsys, monkeypatch):
+    from fsg_ray.ray import train
+
+    source = write_tiny_source(tmp_path / "source.pt")
+    adapt(source, "toy:sketch", tmp_path / "run", 2)
+    monkeypatch.setattr(train, "connect", lambda **_: pytest.fail("Ray was started"))
+    assert adapt(source, "toy:sketch", tmp_path / "run", 4, "--workers", "2", "--set", "cdc.weight=5") == 2
+    assert "cannot resume, config cdc.weight was 1000.0, now 5.0" in capsys.readouterr().err

@@ -208,3 +208,24 @@ def test_checkpoints_go_to_s3_and_load_back(ray_cluster, files, s3_endpoint, s3_
     assert all(torch.equal(v, final["g_ema"][k]) for k, v in g.state_dict().items())
     exported = fsg_ray.load_generator(f"{run_uri}/{EXPORT_FILE}")
     assert all(torch.equal(v, final["g_ema"][k]) for k, v in exported.state_dict().items())
+
+
+def test_adam_on_two_workers_probes_once_and_every_rank_gates_the_same_kernels(ray_cluster, files, tmp_path):
+    """Rank 0 probes and writes probe.pt; both ranks read it back. The ranks' gated weights and vectors start
+    bit-identical (ProcessGroup refuses otherwise), and the trained kernels the probe ranks important are untouched."""
+    from fsg_ray.adapt.methods import adam
+    from fsg_ray.adapt.probe_artifact import PROBE_FILE, probe_digest
+
+    run = str(tmp_path / "adam")
+    adapt_on_ray(spec(files, "method=adam", "adam.probe_steps=2", "adam.fisher_batches=1", "steps=2"), run, Scaling(workers=2, max_failures=0))
+    probe = torch.load(os.path.join(run, PROBE_FILE), weights_only=True)
+    ckpt = read_checkpoint(run)
+    assert ckpt["workers"] == 2 and ckpt["method_state"]["probe_sha256"] == probe_digest(probe)
+    source = read_checkpoint(files[0])
+    g, d = fsg_ray.load_generator(files[0], "g"), fsg_ray.load_discriminator(files[0])
+    important = adam.important_kernels(adam.kernel_scores(probe["fisher_g"], probe["fisher_d"], g, d), 50.0)
+    trained = ckpt["method_state"]["g_weights"]
+    for layer in adam.g_layers(g):
+        kernels = important[f"{layer}.weight"]
+        assert torch.equal(trained[f"{layer}.weight"][:, kernels], source["g"][f"{layer}.weight"][:, kernels])
+        assert not torch.equal(trained[f"{layer}.weight"][:, ~kernels], source["g"][f"{layer}.weight"][:, ~kernels])

@@ -251,3 +251,20 @@ def test_an_unknown_noise_setting_in_a_search_is_rejected_naming_the_key(tmp_pat
     config = write(tmp_path, changed("search/noise.strength", {"space": "choice", "values": ["learned", "muted"]}))
     with pytest.raises(ConfigError, match=r"search\.noise\.strength: the value 'muted' does not fit \(noise\.strength: expected one of"):
         load_search_config(config)
+
+
+def test_an_unknown_method_in_base_or_in_the_search_lists_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"base\.method: unknown 'nosuch'; available: ada, adam, bsa, cdc"):
+        load_search_config(write(tmp_path, changed("base/method", "nosuch")))
+    with pytest.raises(ConfigError, match=r"search\.method: the value 'nosuch' does not fit \(method: unknown 'nosuch'; available: ada, adam, bsa"):
+        load_search_config(write(tmp_path, changed("search/method", {"space": "choice", "values": ["cdc", "nosuch"]})))
+
+
+def test_cli_refuses_a_search_whose_base_target_is_missing_before_starting_ray(tmp_path, capsys, monkeypatch):
+    from fsg_ray.ray import tune
+
+    monkeypatch.setattr(tune, "connect", lambda **_: pytest.fail("Ray was started"))
+    data = changed("base/target", str(tmp_path / "MISSING"))
+    data["eval"]["validation"] = "toy:sketch"
+    assert main(["tune", str(write(tmp_path, data)), "--out", str(tmp_path / "run")]) == 2
+    assert "MISSING" in capsys.readouterr().err

@@ -22,7 +22,7 @@ from fsg_ray.adapt.losses import d_logistic_loss, g_nonsaturating_loss, path_len
 from fsg_ray.adapt.methods import Method, Networks, make_method
 from fsg_ray.adapt.noise import NoiseStrengths
 from fsg_ray.adapt.precision import MixedPrecision
-from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError, config_to_dict
+from fsg_ray.config import AdaptConfig, config_to_dict
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import FORMAT, build_discriminator, build_generator, load_state_strict, model_config
 from fsg_ray.nets.stylegan2 import Discriminator, PatchHeads, Synthesis, patch_logits
@@ -77,13 +77,6 @@ def init_networks(source: dict[str, Any], device: torch.device | str = "cpu") ->
     return nets
 
 
-def check_patch_levels(config: AnchorConfig, d: Discriminator) -> None:
-    """`anchors.patch_levels` may draw only among the patch maps this D has (SPEC §3: at most four)."""
-    maps = len(d.patch_map_channels())
-    if config.patch_levels > maps:
-        raise ConfigError(f"anchors.patch_levels: the {d.config.size}px discriminator has {maps} patch maps (at 32 or 16 px), got {config.patch_levels}")
-
-
 def lazy_adam(params: list[nn.Parameter], lr: float, reg_every: int) -> torch.optim.Adam:
     """Adam with lr and betas rescaled for a regulariser run every `reg_every` steps (StyleGAN2 §B)."""
     ratio = reg_every / (reg_every + 1)
@@ -113,8 +106,7 @@ class Adaptation:
         self.config = config
         self.dist = dist or SingleProcess()
         self.method = method or make_method(config)
-        if self.method.uses_anchors:
-            check_patch_levels(config.anchors, nets.d)
+        self.method.check(nets.d)
         self.method.setup(nets)
         self.augment = AdaptiveAugment(config.augment) if config.augment.enabled or self.method.augments else None
         trained = self.method.g_parameters(nets)
@@ -295,9 +287,8 @@ class Adaptation:
             "target": target,
             "config": config_to_dict(self.config),
             "step": self.step,
-            "g": n.g.state_dict(),
+            **self.method.network_states(n),
             "g_ema": n.g_ema.state_dict(),
-            "d": n.d.state_dict(),
             "heads": n.heads.state_dict(),
             "g_optim": self.g_optim.state_dict(),
             "d_optim": self.d_optim.state_dict(),
@@ -320,7 +311,7 @@ class Adaptation:
         for optim in (self.g_optim, self.d_optim):
             for p in optim.state:  # Adam state means it has had a gradient: keep stepping it as `_apply` does
                 p.grad = torch.zeros_like(p)
-        self.method.load_state_dict(ckpt["method_state"])
+        self.method.load_state_dict(ckpt["method_state"])  # after g and d: a method that folds them restores their raw weights
         if self.augment is not None:
             self.augment.load_state_dict(ckpt["augment"])
         self.anchors = ckpt["anchors"]
@@ -330,5 +321,11 @@ class Adaptation:
         self.step = ckpt["step"]
 
 
-def new_adaptation(source: dict[str, Any], targets: FewShotImages, config: AdaptConfig, dist: Distributed | None = None, device: torch.device | str = "cpu") -> Adaptation:
-    return Adaptation(init_networks(source, device), targets, config, dist)
+def new_adaptation(
+    source: dict[str, Any], targets: FewShotImages, config: AdaptConfig, dist: Distributed | None = None, device: torch.device | str = "cpu", artifact: dict[str, Any] | None = None
+) -> Adaptation:
+    """A run at step 0. A method with a per-run artifact (AdAM's probe) uses `artifact`, else computes it here."""
+    method = make_method(config)
+    if method.artifact is not None:
+        method.use_artifact(artifact if artifact is not None else method.make_artifact(source, targets, device), source, targets)
+    return Adaptation(init_networks(source, device), targets, config, dist, method)

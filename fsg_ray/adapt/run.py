@@ -6,6 +6,7 @@ they differ only in the `RunSink` (where checkpoints go) and `Distributed` (grad
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,9 +16,10 @@ import torch
 from tqdm import tqdm
 
 from fsg_ray import storage
-from fsg_ray.adapt.loop import Adaptation, Distributed, StepStats, new_adaptation
-from fsg_ray.config import AdaptConfig, config_to_dict
+from fsg_ray.adapt.loop import Adaptation, Distributed, SingleProcess, StepStats, new_adaptation
+from fsg_ray.adapt.methods import Method, make_method
 from fsg_ray.adapt.targets import load_target, locate_target
+from fsg_ray.config import AdaptConfig, config_to_dict, flatten
 from fsg_ray.data.images import FewShotImages, warn_if_few
 from fsg_ray.grids import pair_grid, same_noise_pair, save_png, seeded_z
 from fsg_ray.nets.checkpoints import (
@@ -30,6 +32,7 @@ from fsg_ray.nets.checkpoints import (
     read_checkpoint,
     write_checkpoint,
 )
+from fsg_ray.nets.stylegan2 import Discriminator
 
 GRID_SEEDS = list(range(16))
 EXPORT_FILE = "generator.pt"
@@ -41,6 +44,8 @@ BEFORE_FIELD = {"noise.strength": "learned"}
 
 class RunSink(Protocol):
     """Where a run's checkpoints, grids and metrics go."""
+
+    run_uri: str | None  # where a method's per-run artifact is kept; None: made in memory for this process only
 
     def latest_checkpoint(self) -> dict[str, Any] | None: ...
 
@@ -87,22 +92,15 @@ class RunSpec:
     resume_from: str | None = None
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value}
-    return flat
-
-
 def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> None:
     """A run continues only under the config it was started with; only `steps` may grow.
 
     A field the checkpoint does not record is newer than the run, which ran with that field's default
     (or, where the default changed since, with the behaviour in BEFORE_FIELD).
     """
-    stored = _flatten(ckpt.get("config", {}))
-    defaults = _flatten(config_to_dict(AdaptConfig()))
-    for key, now in sorted(_flatten(config_to_dict(config)).items()):
+    stored = flatten(ckpt.get("config", {}))
+    defaults = flatten(config_to_dict(AdaptConfig()))
+    for key, now in sorted(flatten(config_to_dict(config)).items()):
         if key.split(".")[0] in SCHEDULE_KEYS:
             continue
         was = stored.get(key, BEFORE_FIELD.get(key, defaults[key]))
@@ -110,11 +108,50 @@ def check_resumable(ckpt: dict[str, Any], config: AdaptConfig, where: str) -> No
             raise CheckpointError(f"{where}: cannot resume, config {key} was {was!r}, now {now!r}")
 
 
-def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu", locate: Locate = same_place) -> Adaptation:
+def check_inputs(spec: RunSpec, run_uri: str | None = None, locate: Locate = same_place) -> None:
+    """Every check a run makes on its config, source, target and resume point, without building or training it.
+
+    `fsg adapt --workers N`, `fsg demo` and `fsg tune` call this before Ray starts, so bad input fails in one
+    line on the driver instead of in every worker. The method's options are checked against a weightless
+    (meta-device) discriminator of the source's architecture.
+    """
+    method = make_method(spec.config)
+    source = read_checkpoint(locate(spec.source))
+    model = model_config(source)
+    load_target(locate_target(spec.target, locate), model.size)
+    with torch.device("meta"):
+        method.check(Discriminator(model))
+    resume = read_checkpoint(locate(spec.resume_from)) if spec.resume_from else DirectorySink(run_uri).latest_checkpoint() if run_uri else None
+    if resume is not None:
+        check_resumable(resume, spec.config, resume["uri"])
+
+
+def shared_artifact(
+    method: Method, run_uri: str, source: dict[str, Any], targets: FewShotImages, dist: Distributed, device: torch.device | str
+) -> dict[str, Any]:
+    """The method's per-run artifact at RUN_URI/<artifact>: made once, by rank 0, then read back by every rank.
+
+    A rerun or a resume finds the file and reuses it (the method checks that it fits this run); Ray Train
+    workers all read the bytes rank 0 wrote, so every rank adapts with the very same artifact.
+    """
+    uri = storage.join(run_uri, method.artifact)
+    if dist.rank == 0 and not storage.exists(uri):
+        write_checkpoint(uri, method.make_artifact(source, targets, device))
+    dist.total(torch.zeros(1))  # a barrier: no rank reads before rank 0 has written
+    return torch.load(io.BytesIO(storage.read_bytes(uri)), map_location="cpu", weights_only=True)
+
+
+def prepare(spec: RunSpec, dist: Distributed | None = None, device: torch.device | str = "cpu", locate: Locate = same_place, run_uri: str | None = None) -> Adaptation:
+    """The run at step 0; with `run_uri`, a method's per-run artifact is kept (and found again) there."""
     source = read_checkpoint(locate(spec.source))
     images = load_target(locate_target(spec.target, locate), model_config(source).size)
     warn_if_few(images, spec.config.anchors.count)
-    return new_adaptation(source, FewShotImages(images), spec.config, dist, device)
+    targets = FewShotImages(images)
+    method = make_method(spec.config)
+    artifact = None
+    if method.artifact is not None and run_uri is not None:
+        artifact = shared_artifact(method, run_uri, source, targets, dist or SingleProcess(), device)
+    return new_adaptation(source, targets, spec.config, dist, device, artifact)
 
 
 @torch.no_grad()
@@ -169,7 +206,7 @@ def run_adaptation(
     shipped from the driver, fsg_ray.ray.inputs); checkpoints keep the names the user gave.
     """
     ckpt = read_checkpoint(locate(spec.resume_from)) if spec.resume_from else sink.latest_checkpoint()  # first: an unusable sink fails fast
-    run = prepare(spec, dist, device, locate)
+    run = prepare(spec, dist, device, locate, sink.run_uri)
     if ckpt is not None:
         check_resumable(ckpt, spec.config, ckpt["uri"])
         run.restore(ckpt)

@@ -41,7 +41,7 @@ from ray.train.torch import TorchConfig, TorchTrainer, get_device
 
 from fsg_ray import storage
 from fsg_ray.adapt.loop import StepStats
-from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation, stats_line
+from fsg_ray.adapt.run import DirectorySink, RunSpec, check_inputs, export_final_generator, run_adaptation, stats_line
 from fsg_ray.adapt.targets import closed_world, input_uris, with_source_mapped
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name, read_checkpoint, resolve_checkpoint_uri, write_checkpoint
 from fsg_ray.ray.cluster import NodeStorageError, check_nodes_reach, connect, forwarded_env, storage_problem
@@ -252,6 +252,7 @@ def adapt_on_ray(spec: RunSpec, run_uri: str, scaling: Scaling, progress: bool =
     Raises ray.train.TrainingFailedError when the workers fail more than `max_failures` times.
     """
     spec, run_uri = pin_local_inputs(spec), storage.absolute(run_uri)
+    check_inputs(spec, run_uri)
     connect(min_cpus=scaling.workers * scaling.cpus_per_worker)
     check_nodes_reach([run_uri, *(name for name in (spec.source, spec.target, spec.resume_from) if name)])
     result = make_trainer(spec, run_uri, scaling, ship_inputs(spec), progress=progress).fit()

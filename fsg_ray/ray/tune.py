@@ -27,7 +27,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search import BasicVariantGenerator
 
 from fsg_ray import storage
-from fsg_ray.adapt.run import EXPORT_FILE, RunSpec, export_final_generator
+from fsg_ray.adapt.run import EXPORT_FILE, RunSpec, check_inputs, export_final_generator
 from fsg_ray.config import ConfigError
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.cluster import connect
@@ -264,6 +264,7 @@ def export_missing_generators(frame: pd.DataFrame, run_uri: str) -> None:
 def run_search(search: SearchConfig, run_uri: str) -> SearchSummary:
     """Run (or resume) the search into `run_uri`, then write results.parquet, best.yaml, best/, search.png, report.html."""
     search, run_uri = with_absolute_uris(search), storage.absolute(run_uri)
+    check_inputs(RunSpec(search.source, search.target, search.base))
     record_or_check_search(search, run_uri)
     t = search.trial
     connect(min_cpus=math.ceil(search.max_concurrent_trials * (t.workers * t.cpus_per_worker + TRIAL_DRIVER_CPUS)))

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from fsg_ray.adapt.methods import make_method
 from fsg_ray.config import AdaptConfig, ConfigError, apply_overrides, config_from_dict, config_to_dict
 from fsg_ray.adapt.targets import closed_world
 from fsg_ray.eval.protocol import METRIC_NAMES, correspondence_undefined, gap_undefined
@@ -223,7 +224,7 @@ def _parse_space(path: str, raw: Any, base: dict[str, Any]) -> Space:
         candidates = [lower, upper - 1] if kind == "randint" else [float(lower), float(upper)]
     for value in candidates:
         try:
-            config_from_dict(AdaptConfig, with_value(base, path, value))
+            make_method(config_from_dict(AdaptConfig, with_value(base, path, value)))
         except ConfigError as exc:
             raise ConfigError(f"{key}: the value {value!r} does not fit ({exc})") from exc
     return space
@@ -260,7 +261,12 @@ def _parse_base(raw: Any) -> tuple[str, str, AdaptConfig, dict[str, Any]]:
     for key in RESERVED_PATHS:
         if key in data:
             raise ConfigError(f"base.{key}: {RESERVED_PATHS[key]}")
-    return paths[0], paths[1], config_from_dict(AdaptConfig, data, "base."), data
+    config = config_from_dict(AdaptConfig, data, "base.")
+    try:
+        make_method(config)
+    except ConfigError as exc:
+        raise ConfigError(f"base.{exc}") from None
+    return paths[0], paths[1], config, data
 
 
 def _parse_eval(raw: Any, source: str, target: str, steps: int) -> EvalSpec:

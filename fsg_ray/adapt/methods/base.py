@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from fsg_ray.config import AdaptConfig
+from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError
+from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.stylegan2 import Discriminator, Generator, PatchHeads
 
 
@@ -25,15 +27,40 @@ class Networks:
     heads: PatchHeads
 
 
+def check_patch_levels(config: AnchorConfig, d: Discriminator) -> None:
+    """`anchors.patch_levels` may draw only among the patch maps this D has (SPEC §3: at most four)."""
+    maps = len(d.patch_map_channels())
+    if config.patch_levels > maps:
+        raise ConfigError(f"anchors.patch_levels: the {d.config.size}px discriminator has {maps} patch maps (at 32 or 16 px), got {config.patch_levels}")
+
+
 class Method:
     name = "tgan"
     uses_cdc = False
     uses_anchors = False
     uses_path_length = True  # False where G's own weights are frozen: the regulariser has nothing to shape
     augments = False  # True: D always sees adaptively augmented images, whatever `augment.enabled` says (ada)
+    artifact: str | None = None  # a file the method computes once per run, before training, under the run URI (AdAM's probe)
 
     def __init__(self, config: AdaptConfig):
         self.config = config
+
+    def check(self, d: Discriminator) -> None:
+        """Checks this method's options against the architecture; raises ConfigError naming the key.
+
+        Runs on the real D when a run starts and on a weightless (meta-device) D before Ray starts, so an
+        option that cannot fit fails in one line on the driver rather than inside every worker.
+        """
+        if self.uses_anchors:
+            check_patch_levels(self.config.anchors, d)
+
+    def make_artifact(self, source: dict[str, Any], targets: FewShotImages, device: torch.device | str) -> dict[str, Any]:
+        """Computes the run's `artifact` from the source checkpoint and the few shots (methods with one only)."""
+        raise NotImplementedError(f"{self.name} has no per-run artifact")
+
+    def use_artifact(self, artifact: dict[str, Any], source: dict[str, Any], targets: FewShotImages) -> None:
+        """Adopts the run's `artifact` (computed now or read back) after checking it was made for this run."""
+        raise NotImplementedError(f"{self.name} has no per-run artifact")
 
     def setup(self, nets: Networks) -> None:
         """Called once after the networks are initialised and before the optimisers are built."""
@@ -56,6 +83,12 @@ class Method:
         """What G_ema follows, in `Generator.parameters()` order: G_t's own weights unless a method trains G
         through extra parameters, which it then folds into plain weights so G_ema stays an exportable `Generator`."""
         return list(nets.g.parameters())
+
+    def network_states(self, nets: Networks) -> dict[str, dict[str, Tensor]]:
+        """G_t and D as checkpoints hold them under `g` and `d`, in the field's format (what export and
+        `load_generator(which="g")` read): their own weights, unless a method trains them through extra
+        parameters, which it then folds in (and keeps what a resume needs in its `state_dict`)."""
+        return {"g": nets.g.state_dict(), "d": nets.d.state_dict()}
 
     def state_dict(self) -> dict[str, Any]:
         """Method state that an exact resume needs."""

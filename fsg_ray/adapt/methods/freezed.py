@@ -10,21 +10,25 @@ from torch import nn
 
 from fsg_ray.adapt.methods.base import Method, Networks
 from fsg_ray.config import ConfigError
+from fsg_ray.nets.stylegan2 import Discriminator
 
 
-def frozen_blocks(nets: Networks, count: int) -> list[nn.Module]:
+def frozen_blocks(d: Discriminator, count: int) -> list[nn.Module]:
     """FromRGB (`convs.0`) and the `count` residual blocks after it, highest resolution first."""
-    n_blocks = len(nets.d.convs) - 1
+    n_blocks = len(d.convs) - 1
     if count > n_blocks:
-        raise ConfigError(f"baselines.freeze_d_blocks: the {nets.d.config.size}px discriminator has {n_blocks} residual blocks, got {count}")
-    return list(nets.d.convs[: count + 1])
+        raise ConfigError(f"baselines.freeze_d_blocks: the {d.config.size}px discriminator has {n_blocks} residual blocks, got {count}")
+    return list(d.convs[: count + 1])
 
 
 class FreezeD(Method):
     name = "freezed"
 
+    def check(self, d: Discriminator) -> None:
+        frozen_blocks(d, self.config.baselines.freeze_d_blocks)
+
     def setup(self, nets: Networks) -> None:
-        blocks = frozen_blocks(nets, self.config.baselines.freeze_d_blocks)
+        blocks = frozen_blocks(nets.d, self.config.baselines.freeze_d_blocks)
         for block in blocks:
             block.requires_grad_(False)
         self.frozen = {id(p) for block in blocks for p in block.parameters()}
