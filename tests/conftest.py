@@ -88,3 +88,19 @@ def unreachable_s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
         for name, value in {"AWS_ENDPOINT_URL_S3": endpoint, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}.items():
             monkeypatch.setenv(name, value)
         yield endpoint
+
+
+@pytest.fixture(scope="module")
+def no_vanilla_lpips_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """An empty torchvision cache: vanilla LPIPS's backbone is absent, so which metric keys appear is certain."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("no-weights")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny source generator as a field-format file, one per test module."""
+    from tiny import write_tiny_source
+
+    return write_tiny_source(tmp_path_factory.mktemp("source") / "source.pt")

@@ -10,7 +10,7 @@ import budget_curve  # noqa: E402
 
 
 def row(target: str, method: str, steps: int, metrics: dict[str, float]) -> "budget_curve.Row":
-    result = EvalResult("g", f"toy:{target}", "toy:faces", None, metrics, {}, {}, EvalSettings())
+    result = EvalResult("g", f"toy:{target}", "toy:faces", None, metrics, {}, {}, {}, EvalSettings())
     return budget_curve.Row(target, method, steps, result, 1.0)
 
 

@@ -7,7 +7,6 @@ Tiny generators and the offline features keep each evaluation to seconds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,16 +29,7 @@ SETTINGS = EvalSettings(n_generated=24, n_real=24, n_lpips=24, n_corr=12, kid_su
 GAP_METRICS = ["kid", "corr", "gap"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def no_vanilla_lpips_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("no-weights")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_tiny_source(tmp_path_factory.mktemp("source") / "source.pt")
+pytestmark = pytest.mark.usefixtures("no_vanilla_lpips_backbone")
 
 
 @pytest.fixture(scope="module")

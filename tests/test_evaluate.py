@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
-from tiny import TINY, tiny_source, write_minegan_run, write_target_folder, write_tiny_source
+from tiny import TINY, tiny_source, write_minegan_run, write_target_folder
 
 from fsg_ray import storage
 from fsg_ray.adapt.run import RunSpec, correspondence_grid, prepare
@@ -31,16 +30,7 @@ SMALL_SETTINGS = EvalSettings(n_generated=32, n_real=32, n_lpips=40, n_corr=8, k
 NO_VANILLA_LPIPS = {"intra_lpips", "corr_lpips", "corr_lpips_ratio"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def no_vanilla_lpips_backbone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("no-weights")))
-        yield
-
-
-@pytest.fixture(scope="module")
-def source(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return write_tiny_source(tmp_path_factory.mktemp("source") / "source.pt")
+pytestmark = pytest.mark.usefixtures("no_vanilla_lpips_backbone")
 
 
 @pytest.fixture(scope="module")
