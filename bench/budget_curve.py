@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if not_run:
             notes.append(f"**Partial**: {len(rows)} of {len(jobs)} runs finished within `--time-limit {args.time_limit:g}`. Not run: "
                          + ", ".join(f"{t}/{m or 'source'}/{s}" for t, m, s in not_run) + ".")
-        notes.append(reading_guide() + f" Steps 0 is the unadapted source; `rank (kid)` compares the methods at one budget."
+        notes.append(reading_guide() + " Steps 0 is the unadapted source; `rank (kid)` compares the methods at one budget."
                      + (f" Plot: `{args.plot}`." if args.plot else ""))
         path = Path(args.results)
         text = path.read_text() if path.exists() else "# Benchmark results\n"

@@ -22,7 +22,7 @@ from fsg_ray import cli, storage
 from fsg_ray.grids import seeded_z
 from fsg_ray.nets.checkpoints import CheckpointError, write_checkpoint
 from fsg_ray.ray.synthesize import synthesize
-from fsg_ray.synth.manifest import JOB_FILE, MANIFEST_FILE, DatasetMismatch
+from fsg_ray.synth.manifest import MANIFEST_FILE, DatasetMismatch
 from fsg_ray.synth.options import DatasetOptions, Scaling, SynthError
 from fsg_ray.synth.shards import inspect_shard, parse_shard_name
 

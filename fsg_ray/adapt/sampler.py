@@ -32,7 +32,12 @@ class MinedGenerator(nn.Module):
 def load_sampler(uri: str, device: torch.device | str = "cpu") -> tuple[Generator | MinedGenerator, dict[str, Any]]:
     """What samples a run: the EMA generator of a checkpoint; for a MineGAN run, behind its miner (G alone would show the source)."""
     ckpt = read_checkpoint(uri)
+    return sampler_of(ckpt, device), ckpt
+
+
+def sampler_of(ckpt: dict[str, Any], device: torch.device | str = "cpu") -> Generator | MinedGenerator:
+    """`load_sampler` of a checkpoint already read."""
     g = build_generator(ckpt)
     if ckpt.get("method") == "minegan":
         g = MinedGenerator(g, load_miner(ckpt))
-    return g.to(device), ckpt
+    return g.to(device)

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid
 
 from fsg_ray import storage
-from fsg_ray.adapt.sampler import load_sampler
+from fsg_ray.adapt.ema import rung_state
+from fsg_ray.adapt.sampler import load_sampler, sampler_of
 from fsg_ray.adapt.targets import IdealGenerator, closed_world, load_eval_set, load_target
 from fsg_ray.data import toy
 from fsg_ray.grids import image_grid, pair_grid, same_noise_pair, save_png, seeded_z, to_pil
@@ -43,6 +44,7 @@ from fsg_ray.metrics.features import seeded_latents
 from fsg_ray.metrics.intervals import KidBootstrap, gap_closed, mean_replicates, pair_mean_replicates, percentile_interval, resample_counts
 from fsg_ray.eval.report import Figure, render_report
 from fsg_ray.eval.results import EvalError, EvalResult, EvalSettings
+from fsg_ray.nets.checkpoints import read_checkpoint
 from fsg_ray.nets.stylegan2 import Generator
 
 # What --metrics selects; each yields keys named after its extractor (see README, "fsg eval"):
@@ -342,10 +344,14 @@ def _samples_figure(G_t: Generator) -> Figure:
     return Figure("samples", "Samples", f"Samples for seeds {GRID_SEEDS[0]}-{GRID_SEEDS[-1]}, truncation 1.", image_grid(G_t(z, noise="const").clamp(-1, 1).cpu()))
 
 
-def _load_generator(generator_uri: str, target: str, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """The sampler under evaluation and its checkpoint; IDEAL_GENERATOR is a closed-world target's T∘G_s."""
+def _load_generator(generator_uri: str, target: str, device: torch.device, rung_of: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The sampler under evaluation and its checkpoint; IDEAL_GENERATOR is a closed-world target's T∘G_s.
+    With `rung_of` (the run's source), an intermediate checkpoint's G_ema without that source's share (adapt/ema.py)."""
     if generator_uri != IDEAL_GENERATOR:
-        return load_sampler(generator_uri, device)
+        if rung_of is None:
+            return load_sampler(generator_uri, device)
+        ckpt = rung_state(read_checkpoint(generator_uri), rung_of)
+        return sampler_of(ckpt, device), ckpt
     closed = closed_world(target)
     if closed is None:
         raise EvalError(f"generator: {IDEAL_GENERATOR!r} is a closed-world target's ideal T∘G_s, and target {target} is data-defined")
@@ -363,6 +369,7 @@ def evaluate(
     inception_path: str | None = None,
     device: str = "cpu",
     real_features: np.ndarray | None = None,
+    rung: bool = False,
 ) -> EvalResult:
     """Evaluate the EMA generator at `generator_uri` against `target` (folder, .zip, .parquet, toy:NAME or closed:TRANSFORM).
 
@@ -376,14 +383,18 @@ def evaluate(
     bootstrap interval (`intervals`; FID none). `train` is the few-shot set intra-LPIPS clusters around
     (default: a toy or closed-world target's 10 shots, else the target recorded in the generator's
     checkpoint). `real_features` are the target's images already through `target_features` (the same
-    extractor and settings), for evaluating many generators against one target. With `out`, writes
+    extractor and settings), for evaluating many generators against one target. `rung`: the checkpoint is a
+    search rung; before its run's last step, its G_ema is measured without the share of the source it
+    started from (adapt/ema.py; needs the source). With `out`, writes
     `metrics.json`, `report.html` and the report's grids as PNGs there (local or s3://).
     """
     source_uri = evaluation_source(target, source_uri)
     requested, not_defined = plan_metrics(metrics, target, source_uri)
     started = time.perf_counter()
     torch_device = torch.device(device)
-    G_t, ckpt = _load_generator(generator_uri, target, torch_device)
+    if rung and source_uri is None:
+        raise EvalError(f"rung: evaluating {generator_uri} as a search rung needs the run's source generator; pass source_uri")
+    G_t, ckpt = _load_generator(generator_uri, target, torch_device, source_uri if rung else None)
     G_s = None
     if source_uri is not None:
         G_s = closed_world(target).load_source(torch_device) if closed_world(target) is not None else load_sampler(source_uri, torch_device)[0]

@@ -3,7 +3,9 @@
 It runs fsg eval's protocol (`fsg_ray.eval.protocol.evaluate`) on the checkpoint about to be reported, with
 small sample counts, and reports every number under the extractor-qualified key that protocol uses
 (`kid_offline` when the offline feature extractor did the work), its bootstrap interval as
-`<key>_low` / `<key>_high`, plus the extractors' names.
+`<key>_low` / `<key>_high`, plus the extractors' names. A checkpoint before its run's last step is measured
+as a rung (`evaluate(rung=True)`): its G_ema without the share of the source it started from, which early
+in a run is most of it (adapt/ema.py; bench/RESULTS.md, "tune", for what that changes).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ KID_SUBSET_SIZE = 1000  # clean-fid's; smaller validation sets use all their ima
 def measure(checkpoint_uri: str, validation: str, source: str, metrics: tuple[str, ...], n: int, features: str, device: str) -> EvalResult:
     """The one call into the evaluation protocol (`reported_key` names what it reports)."""
     settings = EvalSettings(n_generated=n, n_real=n, n_lpips=n, n_corr=n, kid_subset_size=min(n, KID_SUBSET_SIZE), features=features)
-    return evaluate(checkpoint_uri, validation, source, list(metrics), settings, device=device)
+    return evaluate(checkpoint_uri, validation, source, list(metrics), settings, device=device, rung=True)
 
 
 def reported_key(name: str, features: str) -> str:
