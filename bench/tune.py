@@ -10,6 +10,8 @@
    it samples the same configurations), every trial to max_t; whether ASHA's best is the full
    search's best or inside its interval, where it ranks there, and for every report step the rank
    correlation (Spearman) across trials between the metric there and at max_t: what a rung can know.
+   Rungs measure G_ema without the source's share (fsg_ray/adapt/ema.py); the baseline is the same
+   checkpoints' stored G_ema, measured again here at the scheduler's rungs.
 
     python bench/tune.py [--config tune_configs/toy_cdc.yaml] [--set KEY=VALUE ...] [--out DIR] [--compare-full] [--skip-baseline]
 """
@@ -30,6 +32,7 @@ import torch
 from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
+from fsg_ray.eval.validation import measure, reported_key
 from fsg_ray.ray.tune import run_search, validation_of
 from fsg_ray.search.config import SearchConfig, load_search_config
 from fsg_ray.search.report import SearchMeta, final_rows, plain_value, read_results
@@ -122,6 +125,23 @@ def rung_correlations(frame: pd.DataFrame, metric: str, max_t: int) -> pd.Series
     return by_step.drop(columns=max_t).corrwith(by_step[max_t], method="spearman")
 
 
+def stored_ema_correlations(frame: pd.DataFrame, search: SearchConfig, rungs: list[int]) -> pd.Series:
+    """Per rung: the Spearman of `rung_correlations` with every trial's checkpoint there measured as its stored G_ema."""
+    metric = reported_key(search.metric.name, search.eval.features)
+    stored = frame[frame["step"].isin(rungs)].copy()
+    stored[metric] = [
+        measure(row.checkpoint, search.validation, search.source, search.eval.metrics, search.eval.n_generated, search.eval.features, "cpu", rung=False).metrics[metric]
+        for row in stored.itertuples()
+    ]
+    return rung_correlations(pd.concat([stored, frame[frame["step"] == search.scheduler.max_t]]), metric, search.scheduler.max_t)
+
+
+def scheduler_rungs(search: SearchConfig) -> list[int]:
+    """The steps where ASHA compares trials: grace_period * reduction_factor^k below max_t."""
+    s = search.scheduler
+    return [step for step in (round(s.grace_period * s.reduction_factor**k) for k in range(32)) if step < s.max_t]
+
+
 def params_of(row: pd.Series, names: list[str]) -> tuple:
     return tuple(plain_value(row[name]) for name in names)
 
@@ -139,9 +159,13 @@ def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, 
     print(f"\nfull search (no scheduler): {time.perf_counter() - started:.0f} s, {len(full_finals)} trials, {int(full_finals['step'].sum())} trial-steps; "
           f"same sampled configurations as the ASHA search: {asha_configs == full_configs}")
     print_halving_table(full_frame, meta, full_search.scheduler.max_t, full_search.eval.every)
-    print("\n| rung (step) | Spearman with the metric at max_t |\n|---|---|")
+    rungs = scheduler_rungs(full_search)
+    stored = stored_ema_correlations(full_frame, full_search, rungs)
+    decay = full_search.base.ema_decay
+    print("\n| report step | Spearman with the metric at max_t | the same, stored G_ema (baseline) | source share of G_ema |\n|---|---|---|---|")
     for step, rho in rung_correlations(full_frame, meta.metric, full_search.scheduler.max_t).items():
-        print(f"| {step} | {rho:.2f} |")
+        baseline = f"{stored[step]:.2f}" if step in stored.index else "not measured (no rung)"
+        print(f"| {step} | {rho:.2f} | {baseline} | {decay**step:.0%} |")
     if asha_best is not None:
         best_full = ranked.iloc[0]
         low, high = (best_full.get(f"{meta.metric}_{end}") for end in ("low", "high"))

@@ -19,10 +19,11 @@ from fsg_ray.eval.results import EvalResult, EvalSettings
 KID_SUBSET_SIZE = 1000  # clean-fid's; smaller validation sets use all their images per subset
 
 
-def measure(checkpoint_uri: str, validation: str, source: str, metrics: tuple[str, ...], n: int, features: str, device: str) -> EvalResult:
-    """The one call into the evaluation protocol (`reported_key` names what it reports)."""
+def measure(checkpoint_uri: str, validation: str, source: str, metrics: tuple[str, ...], n: int, features: str, device: str, rung: bool = True) -> EvalResult:
+    """The one call into the evaluation protocol (`reported_key` names what it reports); `rung=False` measures
+    the stored G_ema of an intermediate checkpoint as it is (bench/tune.py's comparison)."""
     settings = EvalSettings(n_generated=n, n_real=n, n_lpips=n, n_corr=n, kid_subset_size=min(n, KID_SUBSET_SIZE), features=features)
-    return evaluate(checkpoint_uri, validation, source, list(metrics), settings, device=device, rung=True)
+    return evaluate(checkpoint_uri, validation, source, list(metrics), settings, device=device, rung=rung)
 
 
 def reported_key(name: str, features: str) -> str:
