@@ -40,6 +40,12 @@ def trains_d(name: str) -> bool:
     return (name.startswith("convs.") and not name.startswith("convs.0.")) or name.startswith(D_FINAL)
 
 
+def estimate_seed(seed: int, step: int) -> int:
+    """Seed of the estimate at `step`: its shots and G's noise, the same on every rank (the reference draws the
+    shots from its data loader)."""
+    return (seed * 2**24 + step) * 2**12 + 3
+
+
 @dataclass(frozen=True)
 class Unit:
     """Filters that share one score per filter: the parameters they span (name -> filter axis) and the pool
@@ -146,10 +152,8 @@ class RICK(Method):
         ranks gate the same filters even where a GPU's backward is not bit-reproducible."""
         names = [name for unit in self.units for name, _ in unit.params]
         if run.dist.rank == 0:
-            n = len(self.fisher_z)
-            # The reference draws the shots of an estimate from its data loader; here from (seed, step), on every rank alike.
-            draw = (self.config.seed * 2**24 + run.step) * 2**12 + 3
-            reals = run.targets.sample(n, torch.Generator().manual_seed(draw))
+            draw = estimate_seed(self.config.seed, run.step)
+            reals = run.targets.sample(len(self.fisher_z), torch.Generator().manual_seed(draw))
             g_ema = run.nets.g_ema
             g_params = {k: p for k, p in g_ema.named_parameters() if k in names}
             d_params = {k: p for k, p in self.d_ema.named_parameters() if k in names}
