@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="checkpoint URI (field .pt, fsg-ray checkpoint, run dir) or toy:faces")
     p.add_argument("--target", required=True, help="folder, .zip, .parquet, toy:NAME or closed:TRANSFORM[@SOURCE] (10 shots of T(G_s(z)), ideal known)")
     p.add_argument("--out", required=True, help="run URI (local path or s3://bucket/prefix)")
-    p.add_argument("--method", help="cdc (default), tgan, ...")
+    p.add_argument("--method", help="cdc (default), tgan, freezed, ewc, ada, bsa, minegan, adam, rick (docs/methods.md)")
     p.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint instead of the latest under --out")
     _add_config_flags(p)
     _add_scaling_flags(p, workers=1)

@@ -119,6 +119,35 @@ class AdamConfig:
 
 
 @dataclass(frozen=True)
+class RickConfig:
+    """RICK (Zhao et al. 2023, docs/methods.md): filter importance estimated during adaptation; the most important
+    filters are preserved (frozen), the least important pruned (zeroed), the rest fine-tuned.
+
+    Defaults are the reference's FFHQ -> Babies run (yunqing-me/RICK README, `train_dynamic_update_prune.py`).
+    """
+
+    freeze_quantile: float = 40.0  # percentile (0-100) of a pool's scores above which a filter is preserved (--fisher_quantile; 85 for AFHQ-Cat)
+    prune_quantile: float = 0.1  # percentile at or below which a filter is pruned, for good (--prune_quantile; 0.075 for AFHQ-Cat)
+    warmup_steps: int = 250  # steps that train only D's final layers, before the first estimate (--warmup_iter)
+    fisher_every: int = 50  # steps between importance estimates (--fisher_freq)
+    fisher_batches: int = 5  # batches of `batch` images behind each estimate, one gradient per image (--num_fisher_img)
+
+    def __post_init__(self) -> None:
+        for key in ("freeze_quantile", "prune_quantile"):
+            value = getattr(self, key)
+            if not 0.0 <= value <= 100.0:
+                raise ConfigError(f"rick.{key}: expected a percentile in [0, 100], got {value}")
+        if self.prune_quantile > self.freeze_quantile:
+            raise ConfigError(f"rick.prune_quantile: {self.prune_quantile} is above rick.freeze_quantile={self.freeze_quantile}; it would prune filters it preserves")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"rick.warmup_steps: expected a non-negative integer, got {self.warmup_steps}")
+        if self.fisher_every < 1:
+            raise ConfigError(f"rick.fisher_every: expected a positive integer, got {self.fisher_every}")
+        if self.fisher_batches < 1:
+            raise ConfigError(f"rick.fisher_batches: expected a positive integer, got {self.fisher_batches}")
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """Adaptive differentiable augmentation of everything D sees (ADA, Karras et al. 2020), for any method.
 
@@ -180,6 +209,7 @@ class AdaptConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     adam: AdamConfig = field(default_factory=AdamConfig)
+    rick: RickConfig = field(default_factory=RickConfig)
 
     def __post_init__(self) -> None:
         positive = {"steps": self.steps, "batch": self.batch, "checkpoint_every": self.checkpoint_every, "sample_every": self.sample_every}

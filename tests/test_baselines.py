@@ -15,7 +15,7 @@ from fsg_ray.config import ConfigError, load_config
 from fsg_ray.nets.checkpoints import build_generator
 from fsg_ray.nets.stylegan2 import Generator
 
-SMALL = {"freezed": ["baselines.freeze_d_blocks=2"], "ewc": ["baselines.ewc_samples=8"], "ada": ["augment.interval=1", "augment.kimg=0.1"], "adam": ["adam.probe_steps=2", "adam.fisher_batches=1"]}
+SMALL = {"freezed": ["baselines.freeze_d_blocks=2"], "ewc": ["baselines.ewc_samples=8"], "ada": ["augment.interval=1", "augment.kimg=0.1"], "adam": ["adam.probe_steps=2", "adam.fisher_batches=1"], "rick": ["rick.warmup_steps=1", "rick.fisher_every=2", "rick.fisher_batches=1"]}
 
 
 def tiny_run(method: str, *overrides: str) -> Adaptation:

@@ -163,7 +163,7 @@ def test_corrupt_source_checkpoint_is_named(tmp_path: Path, capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--method", "nosuch"], "method: unknown 'nosuch'; available: ada, adam, bsa, cdc, ewc, freezed, minegan, tgan"),
+        (["--method", "nosuch"], "method: unknown 'nosuch'; available: ada, adam, bsa, cdc, ewc, freezed, minegan, rick, tgan"),
         (["--target", "MISSING"], "MISSING"),
         (["--set", "anchors.patch_levels=4"], "anchors.patch_levels: the 32px discriminator has 3 patch maps"),
         (["--method", "freezed", "--set", "baselines.freeze_d_blocks=9"], "baselines.freeze_d_blocks: the 32px discriminator has 3 residual blocks, got 9"),

@@ -159,18 +159,24 @@ class Adaptation:
         # phase leaves it unused (D's layers after the patch map, the heads on anchor iterations).
         optim.zero_grad(set_to_none=False)
 
+    def _sync(self, params: list[nn.Parameter]) -> None:
+        """What happens between a phase's backward and its optimizer step: averaging over ranks, then the method's say."""
+        self.dist.sync_gradients(params)
+        self.method.before_update(params)
+
     def _apply(self, optim: torch.optim.Optimizer, params: list[nn.Parameter], loss: Tensor) -> None:
         """One fp32 optimizer step on `loss` (the lazy regularisers)."""
         self._zero_grad(optim)
         loss.backward()
-        self.dist.sync_gradients(params)
+        self._sync(params)
         optim.step()
 
     # --- the phases -----------------------------------------------------------------------------
 
     def d_step(self) -> float:
         set_requires_grad(self.g_params, False)
-        set_requires_grad(self.d_params, True)
+        set_requires_grad(self.d_params, False)
+        set_requires_grad(self.method.phase_parameters("d", self.d_params, self.step), True)
         with self.precision.autocast():
             with torch.no_grad():
                 fake = self._generate(self._latents(self.config.batch)).image
@@ -182,7 +188,7 @@ class Adaptation:
         loss = d_logistic_loss(real_logits, fake_logits)
         self._zero_grad(self.d_optim)
         self.precision.backward("d", loss)
-        self.precision.step("d", self.d_optim, self.dist.sync_gradients, self.d_params)
+        self.precision.step("d", self.d_optim, self._sync, self.d_params)
         return loss.item()
 
     def r1_step(self) -> float:
@@ -197,12 +203,16 @@ class Adaptation:
         return penalty.item()
 
     def g_step(self) -> tuple[float, float]:
-        set_requires_grad(self.g_params, True)
+        trained = self.method.phase_parameters("g", self.g_params, self.step)
+        set_requires_grad(self.g_params, False)
+        set_requires_grad(trained, True)
         set_requires_grad(self.d_params, False)
         with self.precision.autocast():
             fake = self._generate(self._latents(self.config.batch)).image
             fake_logits = self._realism(fake, self._patch_level()).float()
         adversarial = g_nonsaturating_loss(fake_logits)
+        if not trained:  # the batch is drawn and scored as the reference does, for the reported loss only
+            return adversarial.item(), 0.0
         # One backward per term of the loss: the adversarial graph is freed before the CDC forward
         # builds its own, so the step never holds two generator graphs at once.
         self._zero_grad(self.g_optim)
@@ -214,7 +224,7 @@ class Adaptation:
         for penalty in (self.method.g_penalty(self.nets), self.noise.penalty()):
             if penalty is not None:
                 self.precision.backward("g", penalty)
-        self.precision.step("g", self.g_optim, self.dist.sync_gradients, self.g_params)
+        self.precision.step("g", self.g_optim, self._sync, self.g_params)
         return adversarial.item(), dist_loss.item()
 
     def distance_consistency(self) -> Tensor:
@@ -236,7 +246,11 @@ class Adaptation:
     def path_length_step(self) -> float:
         opt = self.config.optim
         batch = max(1, self.config.batch // opt.path_batch_shrink)
-        out = self._generate(self._on_device(phase_latents(1, batch, self.style_dim, None, self.config.anchors, opt.mixing, self.n_latent, self.sample_rng)))
+        latents = self._on_device(phase_latents(1, batch, self.style_dim, None, self.config.anchors, opt.mixing, self.n_latent, self.sample_rng))
+        g = self.nets.g
+        w = g.latents(self.method.map_z(latents.z), inject_index=latents.inject_index)
+        # The penalty differentiates the images with respect to W, also where no mapping weight trains (RICK).
+        out = g.synthesis(w if w.requires_grad else w.requires_grad_(True), noise="random")
         penalty, new_mean = path_length_penalty(out.image, out.latents, self.mean_path_length, opt.path_decay)
         loss = opt.path_weight * opt.g_reg_every * penalty + 0 * out.image.flatten()[0]
         self._apply(self.g_optim, self.g_params, loss)
@@ -249,6 +263,7 @@ class Adaptation:
         for (name, p_ema), p in zip(self.nets.g_ema.named_parameters(), self.method.ema_target(self.nets)):
             if name not in frozen:
                 p_ema.lerp_(p, 1.0 - self.ema_decay)
+        self.method.average(self.nets, self.ema_decay)
 
     def _seed_step(self) -> None:
         """Every random draw of step k is a function of (seed, k, rank): resuming needs no RNG state.
@@ -265,10 +280,12 @@ class Adaptation:
         opt = self.config.optim
         self._seed_step()
         anchor = self.method.uses_anchors and is_anchor_iteration(self.step, self.config.anchors)
+        self.method.begin_step(self)
         d_loss = self.d_step()
         r1 = self.r1_step() if self.step % opt.d_reg_every == 0 else None
         g_loss, cdc_loss = self.g_step()
-        path = self.path_length_step() if self.method.uses_path_length and self.step % opt.g_reg_every == 0 else None
+        trains_g = bool(self.method.phase_parameters("g", self.g_params, self.step))
+        path = self.path_length_step() if self.method.uses_path_length and trains_g and self.step % opt.g_reg_every == 0 else None
         self.ema_update()
         stats = StepStats(self.step, d_loss, g_loss, cdc_loss, r1, path, anchor)
         self.step += 1

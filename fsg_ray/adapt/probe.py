@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fsg_ray.adapt.fisher import per_image_fisher
 from fsg_ray.adapt.kernel_modulation import KernelModulation, discriminator_sites, generator_sites
 from fsg_ray.adapt.loop import Adaptation, SingleProcess, init_networks
 from fsg_ray.adapt.methods.base import Method, Networks
@@ -63,31 +63,15 @@ class Probing(Method):
 def fisher_information(
     g: Generator, d: Discriminator, g_mod: KernelModulation, d_mod: KernelModulation, targets: FewShotImages, samples: int, seed: int
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Mean squared per-image gradients of G's and D's losses with respect to their modulation vectors.
+    """Per-image Fisher (fsg_ray/adapt/fisher.py) of G's and D's modulation vectors over `samples` images.
 
-    z, the shots and the noise come from `seed` on a forked RNG: reproducible, and the caller's stream untouched.
+    z and the shots come from `seed`, drawn in the reference's order (a z, then a shot, per image).
     """
-    g_vec, d_vec = g_mod.vectors, d_mod.vectors
-    fisher_g = {k: torch.zeros_like(v) for k, v in g_vec.items()}
-    fisher_d = {k: torch.zeros_like(v) for k, v in d_vec.items()}
-    device = next(g.parameters()).device
-    for v in (*g_vec.values(), *d_vec.values()):
-        v.requires_grad_(True)
     rng = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        for _ in range(samples):
-            z = torch.randn(1, g.style_dim, generator=rng).to(device)
-            real = targets.sample(1, rng).to(device)
-            fake_logit = d(g(z, noise="random"))
-            g_loss = F.softplus(-fake_logit).mean()
-            d_loss = F.softplus(-d(real)).mean() + F.softplus(fake_logit).mean()
-            for fisher, loss, vec, retain in ((fisher_g, g_loss, g_vec, True), (fisher_d, d_loss, d_vec, False)):
-                grads = torch.autograd.grad(loss, list(vec.values()), retain_graph=retain, allow_unused=True)
-                for name, grad in zip(vec, grads):
-                    if grad is not None:
-                        fisher[name] += grad.pow(2)
-    return {k: f / samples for k, f in fisher_g.items()}, {k: f / samples for k, f in fisher_d.items()}
+    draws = [(torch.randn(1, g.style_dim, generator=rng), targets.sample(1, rng)) for _ in range(samples)]
+    device = next(g.parameters()).device
+    z, reals = (torch.cat(column).to(device) for column in zip(*draws))
+    return per_image_fisher(g, d, g_mod.vectors, d_mod.vectors, z, reals, seed)
 
 
 def run_probe(source: dict[str, Any], targets: FewShotImages, config: AdaptConfig, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -103,8 +87,7 @@ def run_probe(source: dict[str, Any], targets: FewShotImages, config: AdaptConfi
         run = Adaptation(init_networks(source, device), targets, config, SingleProcess(), probing)
         run.ema_decay = REFERENCE_EMA_DECAY  # the reference probes with its fixed decay, whatever the run length
         for _ in range(config.adam.probe_steps):
-            run.train_step()
-            probing.average(run.nets, run.ema_decay)
+            run.train_step()  # the loop's `average` hook advances the probe's own EMAs
         samples = config.adam.fisher_batches * config.batch
         fisher_g, fisher_d = fisher_information(run.nets.g_ema, probing.d_ema_net, probing.g_ema, probing.d_ema, run.targets, samples, config.seed)
     return {**probe_identity(source, targets.images, config), "fisher_g": {k: v.cpu() for k, v in fisher_g.items()}, "fisher_d": {k: v.cpu() for k, v in fisher_d.items()}}

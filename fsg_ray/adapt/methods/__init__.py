@@ -8,10 +8,11 @@ from fsg_ray.adapt.methods.cdc import CDC
 from fsg_ray.adapt.methods.ewc import EWC
 from fsg_ray.adapt.methods.freezed import FreezeD
 from fsg_ray.adapt.methods.minegan import MineGAN
+from fsg_ray.adapt.methods.rick import RICK
 from fsg_ray.adapt.methods.tgan import TGAN
 from fsg_ray.config import AdaptConfig, ConfigError
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (CDC, TGAN, FreezeD, EWC, ADA, BSA, MineGAN, AdAM)}
+METHODS: dict[str, type[Method]] = {m.name: m for m in (CDC, TGAN, FreezeD, EWC, ADA, BSA, MineGAN, AdAM, RICK)}
 
 
 def make_method(config: AdaptConfig) -> Method:

@@ -16,32 +16,18 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fsg_ray.adapt.filters import d_layers, g_layers
 from fsg_ray.adapt.kernel_modulation import KernelModulation, discriminator_sites, generator_sites
 from fsg_ray.adapt.methods.base import Method, Networks
 from fsg_ray.adapt.probe_artifact import PROBE_FILE, check_probe, probe_digest
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.checkpoints import CheckpointError, load_state_strict
-from fsg_ray.nets.stylegan2 import Discriminator, Generator, ResBlock
+from fsg_ray.nets.stylegan2 import Discriminator, Generator
 
 # G's parameters the reference never lets move: its noise strengths and activation biases inside the styled
 # convs have their gradients zeroed (their modulation biases still train, with the same gradient).
 G_ZEROED = ("noise.weight", "activate.bias")
 D_FROZEN = ("convs.0.0.weight", "convs.0.1.bias")  # FromRGB; its modulation trains
-
-
-def g_layers(g: Generator) -> list[str]:
-    """The styled convs the reference gates (all of `convs`; not the 4x4 conv1 nor the ToRGBs)."""
-    return [f"convs.{i}.conv" for i in range(len(g.convs))]
-
-
-def d_layers(d: Discriminator) -> list[tuple[str, str | None]]:
-    """(conv weight, its activation bias or None) of each gated D layer: per residual block conv1, conv2, skip."""
-    layers: list[tuple[str, str | None]] = []
-    for b, block in enumerate(d.convs):
-        if isinstance(block, ResBlock):
-            layers += [(f"convs.{b}.conv1.0.weight", f"convs.{b}.conv1.1.bias"), (f"convs.{b}.conv2.1.weight", f"convs.{b}.conv2.2.bias")]
-            layers.append((f"convs.{b}.skip.1.weight", None))
-    return layers
 
 
 def kernel_scores(fisher_g: dict[str, Tensor], fisher_d: dict[str, Tensor], g: Generator, d: Discriminator) -> dict[str, dict[str, Tensor]]:

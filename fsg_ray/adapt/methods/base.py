@@ -6,7 +6,7 @@ Each method is one small file that overrides only the hooks that make it that me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +14,9 @@ from torch import Tensor, nn
 from fsg_ray.config import AdaptConfig, AnchorConfig, ConfigError
 from fsg_ray.data.images import FewShotImages
 from fsg_ray.nets.stylegan2 import Discriminator, Generator, PatchHeads
+
+if TYPE_CHECKING:
+    from fsg_ray.adapt.loop import Adaptation
 
 
 @dataclass
@@ -70,6 +73,21 @@ class Method:
 
     def d_parameters(self, nets: Networks) -> list[nn.Parameter]:
         return list(nets.d.parameters()) + list(nets.heads.parameters())
+
+    def phase_parameters(self, phase: str, params: list[nn.Parameter], step: int) -> list[nn.Parameter]:
+        """Which of a phase's optimiser parameters (`phase` "d": the D and R1 steps; "g": the G and path-length
+        steps) get gradients at `step`: all of them by default. With none, the G phase only scores a batch and
+        steps nothing (RICK's warm-up, which also trains D's final layers only)."""
+        return params
+
+    def begin_step(self, run: Adaptation) -> None:
+        """At the start of every iteration, its seeds set, before the D step (RICK estimates filter importance)."""
+
+    def before_update(self, params: list[nn.Parameter]) -> None:
+        """After a phase's gradients are averaged over ranks, before its optimiser steps `params` (RICK masks them)."""
+
+    def average(self, nets: Networks, decay: float) -> None:
+        """After G_ema's update, with its decay: averages of what G_ema does not cover (RICK's D_ema)."""
 
     def map_z(self, z: list[Tensor]) -> list[Tensor]:
         """Transforms the z of the D, G and path-length phases before G's mapping network (MineGAN mines them)."""
