@@ -126,8 +126,8 @@ def wait_for(condition, what: str, timeout: float = 90):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def node_id_of(temp_dir: Path) -> str:
-    return wait_for(lambda: next((i for i, socket in alive_nodes().items() if socket.startswith(f"{temp_dir}/")), None), f"the node in {temp_dir} to join")
+def node_id_of(temp_dir: Path, timeout: float = 180) -> str:
+    return wait_for(lambda: next((i for i, socket in alive_nodes().items() if socket.startswith(f"{temp_dir}/")), None), f"the node in {temp_dir} to join", timeout)
 
 
 def fsg(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -148,6 +148,19 @@ def node_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def connect(address: str, timeout: float = 180) -> None:
+    """ray.init against a head whose GCS listens but whose raylet may not have registered yet (a loaded machine takes minutes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            ray.init(address=address)
+            return
+        except ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2)
+
+
 @contextmanager
 def two_nodes(env: dict[str, str], head_cpus: int = 1, second_cpus: int = 1) -> Iterator[LoopbackCluster]:
     """A head and a second node, this process connected to them; everything stopped (by pid) on exit."""
@@ -156,7 +169,7 @@ def two_nodes(env: dict[str, str], head_cpus: int = 1, second_cpus: int = 1) -> 
     try:
         cluster.start_head(head_cpus)
         cluster.add_node("second", second_cpus)
-        ray.init(address=cluster.address)
+        connect(cluster.address)
         for name in ("head", "second"):
             node_id_of(root / name)
         yield cluster
