@@ -143,7 +143,8 @@ def s3_keys(endpoint: str, bucket: str, prefix: str, credentials: dict[str, str]
 
 def node_env(**extra: str) -> dict[str, str]:
     """The environment of node processes and drivers: this one's (S3 endpoint and credentials included), no usage stats."""
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **extra}
+    # A raylet gives up on its dashboard agent after agent_register_timeout_ms; a loaded machine starts one slowly.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_agent_register_timeout_ms": "300000", **extra}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
     return env
 
