@@ -192,6 +192,9 @@ def _storage_error_in(exc: BaseException) -> storage.StorageError | None:
 def _pipeline(pending: list[tuple[int, int]], options: DatasetOptions, out: str, scaling: Scaling, layout: ShardLayout) -> ray.data.Dataset:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job's own bar counts images; Ray's would count shards
+    # Keep a task's own exception (not Ray Data's UserCodeException, which carries it only as text), so that
+    # a storage outage past its window reaches the driver as the StorageOutage naming the URI and last error.
+    context.raise_original_map_exception = True
     ranges = ray.data.from_items([{"start": start, "end": end} for start, end in pending], override_num_blocks=len(pending))
     rendered = ranges.map_batches(
         ShardRenderer,
