@@ -1,12 +1,4 @@
-"""A real two-node Ray cluster on one machine: `fsg adapt --workers 2` across nodes survives losing a node.
-
-The nodes are separate `ray start` processes with their own temp dirs, bound to the loopback
-address 127.0.0.2. Not 127.0.0.1: Ray 2.60 rewrites 127.0.0.1 and localhost in an address to the
-machine's interface address, where nothing listens, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (which
-stops that rewrite) makes `ray start --address` refuse to add a node. Any other address of the
-loopback range is left alone, so every process here, nodes and drivers, talks over loopback only.
-Everything the tests start is stopped by process id: each node is the process tree of its
-`ray start --block`; `ray stop` would also stop other people's clusters on the machine.
+"""A real two-node Ray cluster on one machine (tests/loopback.py): `fsg adapt --workers 2` across nodes survives losing a node.
 
 The session's moto server lets anyone in, so the missing-credential case runs against a second moto
 server that checks credentials the way S3 does (IAM users and keys created in it); the nodes hold
@@ -17,14 +9,10 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import boto3
 import psutil
@@ -32,6 +20,7 @@ import pytest
 import ray
 import ray.cloudpickle
 import torch
+from loopback import LOOPBACK, LoopbackCluster, alive_nodes, free_port, fsg, listening, node_env, node_id_of, s3_keys, two_nodes, wait_for
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tiny import TINY, write_target_folder, write_tiny_source
 
@@ -48,113 +37,8 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(300)]
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-LOOPBACK = "127.0.0.2"
-RAY = str(Path(sys.executable).with_name("ray"))
 NO_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
-
-
 AUTH_BUCKET = "fsg-auth"
-
-
-TAKEN: set[int] = set()
-
-
-def free_port() -> int:
-    """A port nothing listens on, never the same twice: the OS may hand out a port again until it is bound."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind((LOOPBACK, 0))
-            port = sock.getsockname()[1]
-        if port not in TAKEN:
-            TAKEN.add(port)
-            return port
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((LOOPBACK, port)) == 0
-
-
-class Node:
-    """One `ray start --block` and every process it spawned (raylet, agents, workers)."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        with open(log, "w") as out:
-            self.process = subprocess.Popen([RAY, "start", "--block", *args], env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def processes(self) -> list[psutil.Process]:
-        try:
-            root = psutil.Process(self.process.pid)
-            return [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            return []
-
-    def kill(self) -> list[int]:
-        """SIGKILL the whole tree at once, as when a machine dies; the pids that were killed."""
-        processes = self.processes()
-        for process in processes:
-            try:
-                process.send_signal(signal.SIGKILL)
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(processes, timeout=20)
-        self.process.wait(timeout=20)
-        return [p.pid for p in processes]
-
-
-class LoopbackCluster:
-    def __init__(self, root: Path, env: dict[str, str]) -> None:
-        self.root, self.env, self.nodes = root, env, []
-        self.address = f"{LOOPBACK}:{free_port()}"
-
-    def node_args(self, name: str, cpus: int) -> list[str]:
-        ports = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")
-        return [
-            f"--node-ip-address={LOOPBACK}",
-            f"--temp-dir={self.root / name}",
-            f"--num-cpus={cpus}",
-            "--object-store-memory=300000000",
-            "--disable-usage-stats",
-            *(f"--{port}={free_port()}" for port in ports),
-        ]
-
-    def start_head(self) -> Node:
-        port = int(self.address.rsplit(":", 1)[1])
-        args = ["--head", f"--port={port}", f"--ray-client-server-port={free_port()}", "--include-dashboard=true", f"--dashboard-host={LOOPBACK}", f"--dashboard-port={free_port()}"]
-        head = self._start("head", [*args, *self.node_args("head", 1)], self.env)
-        wait_for(lambda: listening(port) or head.process.poll() is not None, "the head's GCS", timeout=60)
-        assert head.process.poll() is None, f"ray start --head exited:\n{(self.root / 'head.log').read_text()[-3000:]}"
-        return head
-
-    def add_node(self, name: str, cpus: int = 1, env: dict[str, str] | None = None) -> Node:
-        return self._start(name, [f"--address={self.address}", *self.node_args(name, cpus)], env or self.env)
-
-    def _start(self, name: str, args: list[str], env: dict[str, str]) -> Node:
-        node = Node(args, env, self.root / f"{name}.log")
-        self.nodes.append(node)
-        return node
-
-    def stop(self) -> None:
-        for node in reversed(self.nodes):
-            node.kill()
-
-
-def alive_nodes() -> dict[str, str]:
-    """node id -> raylet socket (which lies under the node's temp dir) of every alive node."""
-    return {n["NodeID"]: n["RayletSocketName"] for n in ray.nodes() if n["Alive"]}
-
-
-def wait_for(condition, what: str, timeout: float = 90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if result := condition():
-            return result
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def node_id_of(temp_dir: Path) -> str:
-    return wait_for(lambda: next((i for i, socket in alive_nodes().items() if socket.startswith(f"{temp_dir}/")), None), f"the node in {temp_dir} to join")
 
 
 @pytest.fixture(scope="module")
@@ -185,32 +69,8 @@ def checking_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
 @pytest.fixture(scope="module")
 def cluster(s3_endpoint: str, checking_s3: tuple[str, dict[str, str]]) -> Iterator[LoopbackCluster]:
     """Head and a second node, both with the S3 endpoint and credentials in their environment."""
-    root = Path(tempfile.mkdtemp(prefix="fsg-mn-"))  # short: Ray's socket paths must fit in 107 bytes
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **checking_s3[1]}
-    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    cluster = LoopbackCluster(root, env)
-    try:
-        cluster.start_head()
-        cluster.add_node("second")
-        ray.init(address=cluster.address)
-        for name in ("head", "second"):
-            node_id_of(root / name)
+    with two_nodes(node_env(**checking_s3[1])) as cluster:
         yield cluster
-    finally:
-        ray.shutdown()
-        cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def fsg(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "fsg_ray.cli", *args], env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def s3_keys(endpoint: str, bucket: str, prefix: str, credentials: dict[str, str] | None = None) -> set[str]:
-    keys = {k.lower(): v for k, v in (credentials or {}).items()}
-    listed = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys).list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return {item["Key"] for item in listed.get("Contents", [])}
 
 
 # Long enough that the run is still going when the second node dies: an idle CPU runs a tiny step in 0.1 s.

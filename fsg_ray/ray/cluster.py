@@ -18,8 +18,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from fsg_ray import storage
 
-# Where S3 is, not who may use it; and that it answered, so that workers wait out an outage (storage.py).
-FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", storage.ANSWERED_ENV)
+# Where S3 is, not who may use it; that it answered, so that workers wait out an outage (storage.py), and
+# for how long: the retry window set for the job on the driver holds for its workers too.
+FORWARDED_ENV = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", storage.ANSWERED_ENV, storage.RETRY_ENV)
 CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN")
 # How S3 (AWS, MinIO, moto) says that the caller's credentials are not valid.
 REFUSALS = ("ACCESS_DENIED", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "credentials")

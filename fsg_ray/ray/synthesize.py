@@ -159,10 +159,13 @@ def synthesize(options: DatasetOptions, out: str, scaling: Scaling = Scaling(), 
     written, render_s, encode_s = [], 0.0, 0.0
     with tqdm(total=options.count, initial=sum(shard.rows for shard in done), unit="img", disable=not progress, desc="synthesize") as bar:
         if pending:
-            for row in _pipeline(pending, options, out, scaling, layout).iter_rows():
-                written.append(ShardRecord(**{key: row[key] for key in ("file", "start", "end", "rows", "bytes", "sha256")}))
-                render_s, encode_s = render_s + row["render_s"], encode_s + row["encode_s"]
-                bar.update(row["rows"])
+            try:
+                for row in _pipeline(pending, options, out, scaling, layout).iter_rows():
+                    written.append(ShardRecord(**{key: row[key] for key in ("file", "start", "end", "rows", "bytes", "sha256")}))
+                    render_s, encode_s = render_s + row["render_s"], encode_s + row["encode_s"]
+                    bar.update(row["rows"])
+            except Exception as exc:
+                raise _storage_error_in(exc) or exc
     missing = sorted(set(ranges) - {(shard.start, shard.end) for shard in done + written})
     if missing:  # never expected: a manifest must not call a dataset with holes complete
         raise RuntimeError(f"{out}: the job ended without shards for seed ranges {missing[:5]}; rerun to write them")
@@ -170,9 +173,28 @@ def synthesize(options: DatasetOptions, out: str, scaling: Scaling = Scaling(), 
     return Summary(out, manifest["images"], len(manifest["shards"]), manifest["bytes"], len(written), time.perf_counter() - started, render_s, encode_s)
 
 
+def _storage_error_in(exc: BaseException) -> storage.StorageError | None:
+    """The storage error (an outage past its retry window: URI and last error) inside the wrappers Ray Data
+    and Ray put around a task's exception, so that the job fails with its one line rather than a worker's traceback."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, storage.StorageError) and not isinstance(current, ray.exceptions.RayError):
+            return current
+        seen.add(id(current))
+        todo += [getattr(current, "cause", None), current.__cause__, current.__context__]
+    return None
+
+
 def _pipeline(pending: list[tuple[int, int]], options: DatasetOptions, out: str, scaling: Scaling, layout: ShardLayout) -> ray.data.Dataset:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # the job's own bar counts images; Ray's would count shards
+    # Keep a task's own exception (not Ray Data's UserCodeException, which carries it only as text), so that
+    # a storage outage past its window reaches the driver as the StorageOutage naming the URI and last error.
+    context.raise_original_map_exception = True
     ranges = ray.data.from_items([{"start": start, "end": end} for start, end in pending], override_num_blocks=len(pending))
     rendered = ranges.map_batches(
         ShardRenderer,
