@@ -79,13 +79,15 @@ def test_a_root_that_cannot_be_listed_keeps_the_last_listing_or_is_unavailable(t
         ModelRegistry(str(tmp_path), {}, ttl_s=10).ids()
 
 
-def test_unplaced_replicas_are_named_with_what_each_asks_and_what_is_missing() -> None:
+def test_an_application_too_large_for_the_cluster_is_named_with_what_is_missing() -> None:
     needs = {"Generator": (3, {"CPU": 1.0, "GPU": 0.0}), "Gateway": (1, {"CPU": 0.5})}
-    lines = unplaced(needs, {"Generator": 2, "Gateway": 1}, free={"CPU": 0.5}, total={"CPU": 3.0})
-    assert lines == ["Generator: 1 of 3 replicas not running; each asks CPU 1, the cluster has CPU 0.5 free (CPU 3 in all): missing CPU 0.5 for one more replica"]
+    assert unplaced(needs, {"Generator": 2, "Gateway": 1}, free={"CPU": 0.0}, total={"CPU": 3.0}) == (
+        "the application asks CPU 3.5 (Generator: 3 x CPU 1; Gateway: 1 x CPU 0.5); the cluster has CPU 3 in all: missing CPU 0.5"
+    )
     gpu = unplaced({"Generator": (1, {"CPU": 1.0, "GPU": 1.0})}, {}, free={"CPU": 4.0}, total={"CPU": 4.0})
-    assert gpu[0].endswith("the cluster has CPU 4, GPU 0 free (CPU 4, GPU 0 in all): missing GPU 1 for one more replica")
-    assert unplaced(needs, {"Generator": 3, "Gateway": 1}, {}, {}) == []
+    assert gpu.endswith("the cluster has CPU 4, GPU 0 in all: missing GPU 1")
+    fits = unplaced(needs, {"Generator": 1, "Gateway": 1}, free={"CPU": 0.5}, total={"CPU": 4.0})
+    assert fits.endswith("CPU 4 in all, CPU 0.5 free, yet not all replicas run (Generator 1 of 3 running): no single node holds one, other jobs hold the resources, or the replicas are slow to start")
 
 
 def test_settings_reject_unknown_keys_and_bad_values_naming_them() -> None:

@@ -29,24 +29,28 @@ def amounts(resources: dict[str, float]) -> str:
 
 def unplaced(
     needs: dict[str, tuple[int, dict[str, float]]], running: dict[str, int], free: dict[str, float], total: dict[str, float]
-) -> list[str]:
-    """One line per deployment short of replicas: how many, what each asks, what the cluster has free and what is missing."""
-    lines = []
-    for name, (replicas, each) in needs.items():
-        missing_replicas = replicas - running.get(name, 0)
-        if missing_replicas <= 0:
-            continue
-        asked = {key: value for key, value in each.items() if value > 0}
-        has = {key: free.get(key, 0.0) for key in asked}
-        of = {key: total.get(key, 0.0) for key in asked}
-        short = {key: value - has[key] for key, value in asked.items() if has[key] < value}
-        line = f"{name}: {missing_replicas} of {replicas} replicas not running; each asks {amounts(asked)}, the cluster has {amounts(has)} free ({amounts(of)} in all)"
-        if short:
-            line += f": missing {amounts(short)} for one more replica"
-        else:
-            line += ": enough in all but not on one node, or the replica is slow to start"
-        lines.append(line)
-    return lines
+) -> str:
+    """What the application asks against what the cluster has: the resources missing in all, else which replicas do not run.
+
+    Counted against the cluster's totals, not per replica: a replica that is placed but still starting
+    holds its resources, so the free amount alone would blame it.
+    """
+    asked: dict[str, float] = {}
+    for replicas, each in needs.values():
+        for key, value in each.items():
+            if value > 0:
+                asked[key] = asked.get(key, 0.0) + replicas * value
+    parts = "; ".join(f"{name}: {replicas} x {amounts({k: v for k, v in each.items() if v > 0})}" for name, (replicas, each) in needs.items())
+    has = {key: total.get(key, 0.0) for key in asked}
+    short = {key: value - has[key] for key, value in asked.items() if has[key] < value}
+    line = f"the application asks {amounts(asked)} ({parts}); the cluster has {amounts(has)} in all"
+    if short:
+        return f"{line}: missing {amounts(short)}"
+    waiting = ", ".join(f"{name} {running.get(name, 0)} of {replicas}" for name, (replicas, _) in needs.items() if running.get(name, 0) < replicas)
+    return (
+        f"{line}, {amounts({key: free.get(key, 0.0) for key in asked})} free, yet not all replicas run ({waiting} running): "
+        "no single node holds one, other jobs hold the resources, or the replicas are slow to start"
+    )
 
 
 def running_replicas(status: ApplicationStatusOverview | None) -> dict[str, int]:
@@ -67,8 +71,7 @@ def wait_until_running(app_name: str, needs: dict[str, tuple[int, dict[str, floa
         if time.monotonic() >= deadline:
             break
         time.sleep(POLL_S)
-    lines = unplaced(needs, running_replicas(status), ray.available_resources(), ray.cluster_resources())
-    detail = "; ".join(lines) or (status.message if status is not None else "Serve has no status for it")
+    detail = unplaced(needs, running_replicas(status), ray.available_resources(), ray.cluster_resources())
     raise ReplicasNotPlaced(
         f"not ready after {timeout_s:g} s (ready_timeout_s): {detail}. Add nodes, or ask for fewer generator_replicas or gpus_per_replica"
     )
