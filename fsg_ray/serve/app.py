@@ -246,8 +246,10 @@ def application(settings: ServeSettings) -> serve.Application:
         ray_actor_options={"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]},
         user_config={"max_batch_size": settings.batch.max_batch_size, "batch_wait_timeout_s": settings.batch.batch_wait_timeout_s},
     )
-    # Batching travels only in user_config: a change reconfigures the replicas instead of restarting them.
-    unbatched = replace(settings, batch=BatchSettings())
+    # Batching travels only in user_config and the replica count only in num_replicas: a change of either
+    # reconfigures or scales the generator instead of restarting its replicas and the gateway (whose
+    # arguments would otherwise differ), so replicas can be added while the endpoint serves.
+    unbatched = replace(settings, batch=BatchSettings(), generator_replicas=1, ready_timeout_s=ServeSettings.ready_timeout_s)
     gateway = GatewayDeployment.options(
         max_ongoing_requests=settings.limits.max_pending_requests + HEALTH_HEADROOM,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=settings.limits.retry_after_s),
