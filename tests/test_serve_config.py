@@ -21,7 +21,9 @@ from fsg_ray.serve.app import build_app
 from fsg_ray.serve.auth import KEYS_ENV, authorized, load_api_keys
 from fsg_ray.serve.errors import ApiError
 from fsg_ray.serve.launch import check_not_open_by_accident
-from fsg_ray.serve.registry import MalformedModelId, ModelRegistry, UnknownModel
+from fsg_ray import storage
+from fsg_ray.serve.readiness import unplaced
+from fsg_ray.serve.registry import MalformedModelId, ModelRegistry, ModelRootUnavailable, UnknownModel
 from fsg_ray.serve.rendering import Job, render, render_jobs
 from fsg_ray.serve.schemas import job_of, parse_body
 from fsg_ray.serve.settings import Limits, load_settings, settings_from_dict
@@ -58,6 +60,34 @@ def test_the_run_listing_is_reread_only_after_its_ttl(tmp_path: Path) -> None:
         registry.uri("new-run")
     now[0] = 10.0
     assert registry.uri("new-run") == str(tmp_path / "new-run")
+
+
+def test_a_root_that_cannot_be_listed_keeps_the_last_listing_or_is_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a storage outage a request gets the ids known a moment ago (or a 503), never a wait for the outage's end."""
+    (tmp_path / "run-a").mkdir()
+    now = [0.0]
+    registry = ModelRegistry(str(tmp_path), {}, ttl_s=10, clock=lambda: now[0])
+    assert registry.ids() == ["run-a"]
+
+    def outage(uri: str) -> list[str]:
+        raise storage.StorageOutage(f"{uri}: cannot reach the S3 endpoint")
+
+    monkeypatch.setattr(storage, "list_dir", outage)
+    now[0] = 10.0
+    assert registry.uri("run-a") == str(tmp_path / "run-a")
+    with pytest.raises(ModelRootUnavailable, match="models: the model root cannot be listed: .* cannot reach the S3 endpoint"):
+        ModelRegistry(str(tmp_path), {}, ttl_s=10).ids()
+
+
+def test_an_application_too_large_for_the_cluster_is_named_with_what_is_missing() -> None:
+    needs = {"Generator": (3, {"CPU": 1.0, "GPU": 0.0}), "Gateway": (1, {"CPU": 0.5})}
+    assert unplaced(needs, {"Generator": 2, "Gateway": 1}, free={"CPU": 0.0}, total={"CPU": 3.0}) == (
+        "the application asks CPU 3.5 (Generator: 3 x CPU 1; Gateway: 1 x CPU 0.5); the cluster has CPU 3 in all: missing CPU 0.5"
+    )
+    gpu = unplaced({"Generator": (1, {"CPU": 1.0, "GPU": 1.0})}, {}, free={"CPU": 4.0}, total={"CPU": 4.0})
+    assert gpu.endswith("the cluster has CPU 4, GPU 0 in all: missing GPU 1")
+    fits = unplaced(needs, {"Generator": 1, "Gateway": 1}, free={"CPU": 0.5}, total={"CPU": 4.0})
+    assert fits.endswith("CPU 4 in all, CPU 0.5 free, yet not all replicas run (Generator 1 of 3 running): no single node holds one, other jobs hold the resources, or the replicas are slow to start")
 
 
 def test_settings_reject_unknown_keys_and_bad_values_naming_them() -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.config import BackpressureConfig
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
@@ -24,7 +26,7 @@ from fsg_ray.serve.auth import authorized, load_api_keys
 from fsg_ray.serve.errors import ApiError, error_response, install_error_handlers
 from fsg_ray.serve.generator import GeneratorDeployment
 from fsg_ray.serve.models import ModelLoadError, SourceUnavailable
-from fsg_ray.serve.registry import MalformedModelId, ModelRegistry, UnknownModel, check_model_id
+from fsg_ray.serve.registry import MalformedModelId, ModelRegistry, ModelRootUnavailable, UnknownModel, check_model_id
 from fsg_ray.serve.rendering import IMAGE_FORMATS
 from fsg_ray.serve.schemas import check_seed, check_truncation, job_of, parse_body
 from fsg_ray.serve.settings import BatchSettings, ServeSettings, settings_from_dict
@@ -34,6 +36,7 @@ OPEN_PATHS = frozenset({"/", "/healthz", "/readyz", "/docs", "/openapi.json"})
 IMAGE_CACHE_CONTROL = "public, max-age=86400"  # a model id may be retrained; the ETag revalidates it
 READY_TIMEOUT_S = 5.0
 HEALTH_HEADROOM = 16  # requests a full gateway replica still takes: health probes, listings, the gallery
+_log = logging.getLogger("ray.serve")  # Serve's logger: lines land in the replica's own log file
 
 
 class Gateway:
@@ -57,22 +60,39 @@ class Gateway:
             raise ApiError(400, "invalid_model_id", "model", str(exc)) from None
         except UnknownModel as exc:
             raise ApiError(404, "unknown_model", "model", str(exc)) from None
+        except ModelRootUnavailable as exc:
+            raise self.root_unavailable(exc) from None
         return model_id
+
+    async def model_ids(self) -> list[str]:
+        try:
+            return await asyncio.to_thread(self.registry.ids)
+        except ModelRootUnavailable as exc:
+            raise self.root_unavailable(exc) from None
 
     async def call(self, model_id: str, method: str, *args: Any) -> Any:
         """One generator call for a model, bounded by the request timeout; its failures as API errors.
 
         Admission is counted here rather than left to Serve's queues so that an overloaded gateway still
-        answers in the API's own JSON; Serve's 429 (plain text) only backs it up.
+        answers in the API's own JSON; Serve's 429 (plain text) only backs it up. A call whose replica died
+        (its node lost) is sent once more within the same deadline: a seed renders to the same bytes on
+        every replica, so the retry cannot change the answer, and Serve's router has already dropped the
+        dead replica, so the retry goes to another one.
         """
         if self.pending >= self.limits.max_pending_requests:
             raise self.overloaded()
         self.pending += 1
+        deadline = time.monotonic() + self.limits.request_timeout_s
         try:
-            response: DeploymentResponse = getattr(self.generator.options(multiplexed_model_id=model_id), method).remote(*args)
-            return await asyncio.wait_for(response, timeout=self.limits.request_timeout_s)
+            try:
+                return await self.attempt(deadline, model_id, method, *args)
+            except RayActorError as exc:
+                _log.warning("%s for model %s: its replica died (%s); retrying on another replica", method, model_id, type(exc).__name__)
+            try:
+                return await self.attempt(deadline, model_id, method, *args)
+            except (RayActorError, asyncio.TimeoutError):
+                raise self.replica_lost() from None
         except asyncio.TimeoutError:
-            response.cancel()
             raise ApiError(504, "timeout", None, f"the request took longer than {self.limits.request_timeout_s} s") from None
         except BackPressureError:
             raise self.overloaded() from None
@@ -81,13 +101,30 @@ class Gateway:
         except SourceUnavailable as exc:
             raise ApiError(404, "no_source", "model", cause_message(exc)) from None
         except ModelLoadError as exc:
-            raise ApiError(503, "model_unavailable", "model", cause_message(exc)) from None
+            raise ApiError(503, "model_unavailable", "model", cause_message(exc), self.retry_after()) from None
         finally:
             self.pending -= 1
 
+    async def attempt(self, deadline: float, model_id: str, method: str, *args: Any) -> Any:
+        """One try of a generator call, given what is left of the request's time."""
+        response: DeploymentResponse = getattr(self.generator.options(multiplexed_model_id=model_id), method).remote(*args)
+        try:
+            return await asyncio.wait_for(response, timeout=deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise
+
+    def retry_after(self) -> dict[str, str]:
+        return {"Retry-After": str(self.limits.retry_after_s)}
+
+    def root_unavailable(self, exc: ModelRootUnavailable) -> ApiError:
+        return ApiError(503, "models_unavailable", "model", str(exc), self.retry_after())
+
+    def replica_lost(self) -> ApiError:
+        return ApiError(503, "replica_unavailable", None, "a generator replica was lost and no other answered in time; retry after the Retry-After seconds", self.retry_after())
+
     def overloaded(self) -> ApiError:
-        retry = str(self.limits.retry_after_s)
-        return ApiError(429, "overloaded", None, "the generators are busy; retry after the Retry-After seconds", {"Retry-After": retry})
+        return ApiError(429, "overloaded", None, "the generators are busy; retry after the Retry-After seconds", self.retry_after())
 
 
 def cause_message(exc: Exception) -> str:
@@ -145,7 +182,7 @@ def create_api(gateway: Gateway) -> FastAPI:
 
     @api.get("/v1/models", summary="Model ids")
     async def list_models() -> dict:
-        return {"models": [{"id": model_id} for model_id in await asyncio.to_thread(gateway.registry.ids)]}
+        return {"models": [{"id": model_id} for model_id in await gateway.model_ids()]}
 
     @api.get("/v1/models/{model}", summary="A model's metadata (loads it)")
     async def describe(model: str) -> dict:
@@ -185,6 +222,7 @@ def create_api(gateway: Gateway) -> FastAPI:
 
 GENERATOR_CPUS = 1.0
 GATEWAY_CPUS = 0.5
+GENERATOR, GATEWAY = "Generator", "Gateway"
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
@@ -192,15 +230,26 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     return application(settings_from_dict(dict(args)))
 
 
+def replica_resources(settings: ServeSettings) -> dict[str, tuple[int, dict[str, float]]]:
+    """Deployment name -> (replicas, Ray resources each replica reserves): what the application needs placed."""
+    return {
+        GENERATOR: (settings.generator_replicas, {"CPU": GENERATOR_CPUS, "GPU": settings.gpus_per_replica}),
+        GATEWAY: (1, {"CPU": GATEWAY_CPUS}),
+    }
+
+
 def application(settings: ServeSettings) -> serve.Application:
     """Only binds; nothing runs until Serve deploys it. A Serve config file's `deployments` override these options."""
+    replicas, resources = replica_resources(settings)[GENERATOR]
     generator = GeneratorDeployment.options(
-        num_replicas=settings.generator_replicas,
-        ray_actor_options={"num_cpus": GENERATOR_CPUS, "num_gpus": settings.gpus_per_replica},
+        num_replicas=replicas,
+        ray_actor_options={"num_cpus": resources["CPU"], "num_gpus": resources["GPU"]},
         user_config={"max_batch_size": settings.batch.max_batch_size, "batch_wait_timeout_s": settings.batch.batch_wait_timeout_s},
     )
-    # Batching travels only in user_config: a change reconfigures the replicas instead of restarting them.
-    unbatched = replace(settings, batch=BatchSettings())
+    # Batching travels only in user_config and the replica count only in num_replicas: a change of either
+    # reconfigures or scales the generator instead of restarting its replicas and the gateway (whose
+    # arguments would otherwise differ), so replicas can be added while the endpoint serves.
+    unbatched = replace(settings, batch=BatchSettings(), generator_replicas=1, ready_timeout_s=ServeSettings.ready_timeout_s)
     gateway = GatewayDeployment.options(
         max_ongoing_requests=settings.limits.max_pending_requests + HEALTH_HEADROOM,
         backpressure_config=BackpressureConfig(status_code=429, retry_after_s=settings.limits.retry_after_s),
@@ -208,9 +257,9 @@ def application(settings: ServeSettings) -> serve.Application:
     return gateway.bind(generator.bind(unbatched), unbatched)
 
 
-GatewayDeployment = serve.deployment(name="Gateway", ray_actor_options={"num_cpus": GATEWAY_CPUS}, max_queued_requests=128)(serve.ingress()(Gateway))
+GatewayDeployment = serve.deployment(name=GATEWAY, ray_actor_options={"num_cpus": GATEWAY_CPUS}, max_queued_requests=128)(serve.ingress()(Gateway))
 
 
 def cpus_needed(settings: ServeSettings) -> float:
     """Logical CPUs the application reserves: every generator replica and the gateway (Serve's proxy and controller take none)."""
-    return settings.generator_replicas * GENERATOR_CPUS + GATEWAY_CPUS
+    return sum(replicas * resources["CPU"] for replicas, resources in replica_resources(settings).values())

@@ -16,7 +16,7 @@ from ray import serve
 
 from fsg_ray.serve.metrics import GeneratorMetrics
 from fsg_ray.serve.models import LoadedModel, ModelInfo, ModelLoadError, load_model
-from fsg_ray.serve.registry import ModelRegistry
+from fsg_ray.serve.registry import ModelRegistry, ModelRootUnavailable
 from fsg_ray.serve.rendering import Job, encode, grid_png, pair_png, raw_array, render_jobs, seed_png
 from fsg_ray.serve.settings import BatchSettings, ServeSettings, batch_settings
 
@@ -55,7 +55,10 @@ class GeneratorDeployment:
     async def _load(self, model_id: str) -> LoadedModel:
         started = time.perf_counter()
         try:
-            run_uri = await asyncio.to_thread(self.registry.uri, model_id)
+            try:
+                run_uri = await asyncio.to_thread(self.registry.uri, model_id)
+            except ModelRootUnavailable as exc:
+                raise ModelLoadError(f"model: {model_id!r} cannot be loaded: {exc}") from None
             model = await asyncio.to_thread(load_model, model_id, run_uri, self.device)
         except ModelLoadError as exc:
             self.failed[model_id] = (time.monotonic(), exc)

@@ -13,8 +13,9 @@ from ray import serve
 
 from fsg_ray.config import ConfigError
 from fsg_ray.ray.cluster import start_local
-from fsg_ray.serve.app import application, cpus_needed
+from fsg_ray.serve.app import application, cpus_needed, replica_resources
 from fsg_ray.serve.auth import KEYS_ENV, load_api_keys
+from fsg_ray.serve.readiness import wait_until_running
 from fsg_ray.serve.settings import ServeSettings
 
 APP_NAME = "fsg"
@@ -32,7 +33,9 @@ def run_server(settings: ServeSettings, host: str, port: int, address: str | Non
         ray.init(address=address)
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(application(settings), name=APP_NAME, route_prefix="/")
+        # Not serve.run: it waits forever for a replica that no node can hold.
+        serve.run_many([serve.RunTarget(application(settings), name=APP_NAME, route_prefix="/")], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
+        wait_until_running(APP_NAME, replica_resources(settings), settings.ready_timeout_s)
         print(f"serving {settings.models or ', '.join(settings.model_uris)} at http://{host}:{port}/ (gallery), API under /v1, docs at /docs; Ctrl-C stops", flush=True)
         while True:
             time.sleep(3600)

@@ -2,7 +2,9 @@
 
 An id is a single path segment of letters, digits, `_` and `-`: no dots, slashes, percent signs or
 backslashes, so no spelling of `..` or of an encoded separator can name anything outside the root.
-The list of runs is cached for `ttl_s`, so requests for unknown ids cost no storage access.
+The list of runs is cached for `ttl_s`, so requests for unknown ids cost no storage access. When the
+root cannot be listed (a storage outage), the last list is kept for another `ttl_s`: a request must not
+wait out an outage, and the ids that existed a moment ago still exist.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class MalformedModelId(ValueError):
 
 class UnknownModel(LookupError):
     """A well-formed id that names no model (answered 404)."""
+
+
+class ModelRootUnavailable(RuntimeError):
+    """The model root could not be listed and has never been (answered 503)."""
 
 
 def check_model_id(text: str) -> str:
@@ -60,6 +66,14 @@ class ModelRegistry:
         with self._lock:
             now = self.clock()
             if self._listed_at is None or now - self._listed_at >= self.ttl_s:
-                self._listed = frozenset(name for name in storage.list_dir(self.root) if MODEL_ID.fullmatch(name))
+                try:
+                    with storage.without_retries():
+                        names = storage.list_dir(self.root)
+                except (storage.StorageError, OSError) as exc:
+                    if self._listed_at is None:
+                        raise ModelRootUnavailable(f"models: the model root cannot be listed: {' '.join(str(exc).split())}") from None
+                    self._listed_at = now
+                    return self._listed
+                self._listed = frozenset(name for name in names if MODEL_ID.fullmatch(name))
                 self._listed_at = now
             return self._listed

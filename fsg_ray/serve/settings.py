@@ -25,7 +25,7 @@ class Limits:
     max_columns: int = 64
     request_timeout_s: float = 60.0
     max_pending_requests: int = 48  # generator calls one gateway replica has in flight; more are answered 429
-    retry_after_s: int = 1  # the Retry-After of a 429
+    retry_after_s: int = 1  # the Retry-After of a 429 (busy) or a 503 (a model or replica unavailable)
 
     def __post_init__(self) -> None:
         for key in ("max_images_per_request", "max_body_bytes", "max_seed", "max_output_size", "max_columns", "max_pending_requests", "retry_after_s"):
@@ -67,6 +67,7 @@ class ServeSettings:
     api_keys_file: str | None = None  # one bearer token per line (a mounted secret); FSG_SERVE_API_KEYS adds more
     generator_replicas: int = 1
     gpus_per_replica: float = 0.0
+    ready_timeout_s: float = 300.0  # how long `fsg serve` waits for every replica to run (a cluster may autoscale) before it fails naming what is missing
     limits: Limits = Limits()
     batch: BatchSettings = BatchSettings()
 
@@ -83,6 +84,8 @@ class ServeSettings:
         for key in ("models_per_replica", "generator_replicas"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"{key}: expected a positive integer, got {getattr(self, key)}")
+        if self.ready_timeout_s <= 0:
+            raise ConfigError(f"ready_timeout_s: expected > 0, got {self.ready_timeout_s}")
         if self.gpus_per_replica < 0:
             raise ConfigError(f"gpus_per_replica: expected >= 0, got {self.gpus_per_replica}")
 
