@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test bench demo
+.PHONY: install browser test test-slow bench demo
 
 install: $(STAMP)
 
@@ -23,8 +23,13 @@ browser:
 		if [ "$$(id -u)" -eq 0 ]; then SUDO=; else SUDO=sudo; fi; \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends chromium; }
 
+# CI's suite stays under 25 minutes on 2 cores; the slow failure-injection tests (README, "What
+# survives what", says how long each takes) run with `make test-slow`.
 test: install browser
-	RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled $(PY) -m pytest
+	RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled $(PY) -m pytest -m "not slow" --durations=20
+
+test-slow: install
+	RAY_USAGE_STATS_ENABLED=0 RAY_AUTH_MODE=disabled $(PY) -m pytest -m slow --durations=0
 
 bench: install
 	@for script in bench/*.py; do \

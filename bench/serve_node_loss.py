@@ -1,6 +1,6 @@
 """The endpoint's latency while a node is lost, against a baseline run in the same process on the same cluster.
 
-A two-node Ray cluster on loopback (tests/test_multinode.py's machinery): the head (2 CPUs) holds Serve's
+A two-node Ray cluster on loopback (tests/loopback.py): the head (2 CPUs) holds Serve's
 only HTTP proxy, the gateway and one generator replica, the second node (1 CPU) the other replica. N
 closed-loop clients (tests/closed_loop.py) POST /generate for 1 image each: first for `--seconds` with both
 nodes (baseline), then again, killing the second node's processes (SIGKILL, by pid) `--kill-after` s in.
@@ -25,18 +25,12 @@ from ray import serve
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from closed_loop import ClosedLoop, Sent, percentile  # noqa: E402
-# The loopback-cluster machinery; it moves to tests/loopback.py, and only this import changes with it.
-from test_multinode import LOOPBACK, LoopbackCluster, alive_nodes, free_port, wait_for  # noqa: E402
+from loopback import LOOPBACK, LoopbackCluster, alive_nodes, free_port, wait_for  # noqa: E402
 
 from fsg_ray.serve.app import build_app  # noqa: E402
 
 HEAD_CPUS = 2  # the gateway (0.5) and one generator (1): the second generator goes to the second node
 APP = "fsg"
-
-
-class BenchCluster(LoopbackCluster):
-    def node_args(self, name: str, cpus: int) -> list[str]:
-        return super().node_args(name, HEAD_CPUS if name == "head" else cpus)
 
 
 def row(phase: str, sent: list[Sent], seconds: float) -> str:
@@ -65,11 +59,11 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="fsg-bn-"))
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    cluster = BenchCluster(root, env)
+    cluster = LoopbackCluster(root, env)
     port = free_port()
     url = f"http://{LOOPBACK}:{port}"
     try:
-        cluster.start_head()
+        cluster.start_head(cpus=HEAD_CPUS)
         ray.init(address=cluster.address, log_to_driver=False)
         serve.start(proxy_location="HeadOnly", http_options={"host": LOOPBACK, "port": port})
         app_args = {"model_uris": {"bench": args.model_uri}, "batch": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}}

@@ -17,7 +17,7 @@ from fsg_ray.ray.synthesize import synthesize
 from fsg_ray.synth.manifest import MANIFEST_FILE
 from fsg_ray.synth.options import DatasetOptions, Scaling
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(420)]
 
 # Long enough that shards are still to come when the node dies: the shipped 64 px toy model, 4 seeds a shard.
 COUNT, SHARD_ROWS = 160, 4

@@ -23,7 +23,7 @@ from fsg_ray.search.config import load_search_config
 from fsg_ray.search.report import read_results
 
 # A cap against hangs: under heavy load on the shared 2-core box the two searches together took over 10 minutes.
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 STEPS, EVERY = 40, 5
 LEARNING_RATES = [0.002, 0.001]

@@ -1,6 +1,6 @@
 """The endpoint on a real two-node loopback cluster: a node lost under load, a node rejoining, S3 going away.
 
-One cluster for the module (tests/test_multinode.py's machinery): the head (2 CPUs) holds Serve's
+One cluster for the module (tests/loopback.py): the head (2 CPUs) holds Serve's
 controller and only HTTP proxy, the gateway and one generator replica; the second node (1 CPU) joins once
 those run, and the generator is then scaled to two replicas, so the second node holds exactly the second. Both nodes reach S3 through
 tests/outage.py's proxy, which a test can cut. The tests run in file order and share the cluster:
@@ -24,25 +24,18 @@ import pytest
 import ray
 import requests
 from closed_loop import ClosedLoop, percentile
+from loopback import LOOPBACK, LoopbackCluster, alive_nodes, free_port, node_id_of, wait_for
 from outage import OutageProxy, outage_proxy
 from ray import serve
 from ray.util.state import list_actors
 from serve_fixtures import write_tiny_run
 
-# The loopback-cluster machinery; it moves to tests/loopback.py, and only this import changes with it.
-from test_multinode import LOOPBACK, LoopbackCluster, alive_nodes, free_port, node_id_of, wait_for
-
 from fsg_ray.serve.app import build_app
 
-pytestmark = [pytest.mark.ray]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 HEAD_CPUS = 2  # the gateway (0.5) and one generator (1): a second generator does not fit
 APP = "fsg"
-
-
-class ServeCluster(LoopbackCluster):
-    def node_args(self, name: str, cpus: int) -> list[str]:
-        return super().node_args(name, HEAD_CPUS if name == "head" else cpus)
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +54,14 @@ def model_root(s3_endpoint: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def cluster(s3_proxy: OutageProxy) -> Iterator[ServeCluster]:
+def cluster(s3_proxy: OutageProxy) -> Iterator[LoopbackCluster]:
     """The head alone at first; the nodes' S3 is the outage proxy."""
     root = Path(tempfile.mkdtemp(prefix="fsg-sl-"))  # short: Ray's socket paths must fit in 107 bytes
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "AWS_ENDPOINT_URL_S3": s3_proxy.endpoint, "AWS_ENDPOINT_URL": s3_proxy.endpoint}
     env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)
-    cluster = ServeCluster(root, env)
+    cluster = LoopbackCluster(root, env)
     try:
-        cluster.start_head()
+        cluster.start_head(cpus=HEAD_CPUS)
         ray.init(address=cluster.address)
         node_id_of(root / "head")
         yield cluster
@@ -78,7 +71,7 @@ def cluster(s3_proxy: OutageProxy) -> Iterator[ServeCluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def joined(cluster: ServeCluster, name: str, timeout: float = 300) -> str:
+def joined(cluster: LoopbackCluster, name: str, timeout: float = 300) -> str:
     """The id of the node started as `name`, once it has joined (a loaded box takes minutes to start one)."""
     temp_dir = cluster.root / name
     log = cluster.root / f"{name}.log"
@@ -89,7 +82,7 @@ def joined(cluster: ServeCluster, name: str, timeout: float = 300) -> str:
         raise AssertionError(f"{exc}; its log ends:\n{log.read_text()[-2000:]}") from None
 
 
-def replica_nodes(cluster: ServeCluster, deployment: str) -> list[str]:
+def replica_nodes(cluster: LoopbackCluster, deployment: str) -> list[str]:
     """Node ids of the alive replicas of a deployment of the app."""
     actors = list_actors(address=cluster.address, filters=[("state", "=", "ALIVE")], limit=1000, raise_on_missing_output=False)
     return sorted(a.node_id for a in actors if a.class_name == f"ServeReplica:{APP}:{deployment}")
@@ -107,7 +100,7 @@ def app_running() -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_fsg_serve_on_a_joined_cluster_too_small_for_its_config_fails_naming_the_missing_cpus(cluster: ServeCluster, model_root: str, tmp_path: Path) -> None:
+def test_fsg_serve_on_a_joined_cluster_too_small_for_its_config_fails_naming_the_missing_cpus(cluster: LoopbackCluster, model_root: str, tmp_path: Path) -> None:
     """Two generator replicas and the gateway ask 2.5 CPUs of a 2-CPU cluster: an error, not a wait forever."""
     config = tmp_path / "serve.yaml"
     config.write_text(f"models: {model_root}\ngenerator_replicas: 2\nready_timeout_s: 20\n")
@@ -125,7 +118,7 @@ def test_fsg_serve_on_a_joined_cluster_too_small_for_its_config_fails_naming_the
 
 
 @pytest.fixture(scope="module")
-def endpoint(cluster: ServeCluster, model_root: str) -> Iterator[str]:
+def endpoint(cluster: LoopbackCluster, model_root: str) -> Iterator[str]:
     """The app with a generator replica on each node and the gateway on the head; its URL (the head's proxy)."""
     port = free_port()
     serve.start(proxy_location="HeadOnly", http_options={"host": LOOPBACK, "port": port})
@@ -157,13 +150,13 @@ def deploy(args: dict, generator_replicas: int) -> None:
     serve.run_many([serve.RunTarget(app, name=APP, route_prefix="/")], wait_for_ingress_deployment_creation=False, wait_for_applications_running=False)
 
 
-def gateway_log(cluster: ServeCluster) -> str:
+def gateway_log(cluster: LoopbackCluster) -> str:
     logs = (cluster.root / "head" / "session_latest" / "logs" / "serve").glob(f"replica_{APP}_Gateway_*.log")
     return "".join(path.read_text(errors="replace") for path in logs)
 
 
 @pytest.mark.timeout(420)
-def test_every_request_is_served_while_the_second_node_is_killed_under_load(cluster: ServeCluster, endpoint: str) -> None:
+def test_every_request_is_served_while_the_second_node_is_killed_under_load(cluster: LoopbackCluster, endpoint: str) -> None:
     """8 closed-loop clients; the second node dies by SIGKILL: calls on its replica are retried on the head's, none fails."""
     second = node_id_of(cluster.root / "second")
     with ClosedLoop(endpoint, "m0", clients=8) as load:
@@ -184,7 +177,7 @@ def test_every_request_is_served_while_the_second_node_is_killed_under_load(clus
 
 
 @pytest.mark.timeout(300)
-def test_a_generator_replica_comes_back_when_a_node_joins_again(cluster: ServeCluster, endpoint: str) -> None:
+def test_a_generator_replica_comes_back_when_a_node_joins_again(cluster: LoopbackCluster, endpoint: str) -> None:
     cluster.add_node("second-again", cpus=1)
     again = joined(cluster, "second-again")
     head = node_id_of(cluster.root / "head")

@@ -26,7 +26,7 @@ from fsg_ray.synth.manifest import MANIFEST_FILE
 from fsg_ray.synth.options import DatasetOptions, Scaling
 
 # Caps against hangs, not durations: on the shared 2-core box under load a single job has taken 3 minutes.
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(600)]
 
 OUTAGE_S = 20.0
 # Long enough that shards are still to come when S3 goes away: the shipped 64 px toy model, 4 seeds a shard.
