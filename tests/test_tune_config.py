@@ -6,6 +6,7 @@ import pytest
 import yaml
 from ray.tune.experiment import Experiment
 
+from fsg_ray.adapt.methods import METHODS
 from fsg_ray.cli import main
 from fsg_ray.config import ConfigError, load_config
 from fsg_ray.ray.tune import record_or_check_search, tune_config, tune_space
@@ -51,9 +52,10 @@ def test_shipped_configs_include_the_three_searches_of_the_issue():
     assert {p.name for p in SHIPPED} >= {"toy_cdc.yaml", "methods_toy.yaml", "ffhq256_sketches.yaml"}
 
 
-def test_methods_toy_searches_cdc_against_the_six_baselines():
+def test_methods_toy_searches_every_method_each_with_its_own_knob():
     search = load_search_config(next(p for p in SHIPPED if p.name == "methods_toy.yaml"))
-    assert set(search.search["method"].values) == {"cdc", "tgan", "freezed", "ewc", "ada", "bsa", "minegan"}
+    assert set(search.search["method"].values) == set(METHODS)
+    assert {"cdc.weight", "baselines.ewc_weight", "adam.quantile", "rick.freeze_quantile"} <= set(search.search)
 
 
 @pytest.mark.parametrize(
