@@ -77,6 +77,21 @@ def best_trial(frame: pd.DataFrame, meta: SearchMeta) -> pd.Series | None:
     return done.loc[done[meta.metric].idxmin() if meta.mode == "min" else done[meta.metric].idxmax()]
 
 
+def best_per_value(frame: pd.DataFrame, meta: SearchMeta, path: str) -> pd.DataFrame:
+    """For each value of a categorical parameter (e.g. the method), its best trial by the metric at the trial's
+    last report, whether completed or stopped early (`step` and `status` say which), best value first."""
+    finals = final_rows(frame)
+    finals = finals[finals[meta.metric].notna()]
+    ranked = finals.sort_values(meta.metric, ascending=meta.mode == "min")
+    best = ranked.groupby(ranked[path].astype(str), sort=False).head(1)
+    return best.reset_index()
+
+
+def _interval(row: pd.Series, metric: str) -> str:
+    low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    return "-" if low is None or high is None or pd.isna(low) or pd.isna(high) else f"[{low:.5g}, {high:.5g}]"
+
+
 def write_results(frame: pd.DataFrame, meta: SearchMeta, run_uri: str) -> None:
     table = pa.Table.from_pandas(frame, preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), METADATA_KEY: json.dumps(meta.__dict__).encode()})
@@ -169,15 +184,25 @@ def _extractors(frame: pd.DataFrame) -> str:
     return f"Validation metrics were computed with {', '.join(names) or 'no extractor'}.{note}"
 
 
+def _best_per_value_html(frame: pd.DataFrame, meta: SearchMeta, path: str) -> str:
+    head = [path, "best trial", "status", "last step", meta.metric, "95% interval"]
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in (row[path], row["trial_id"], row["status"], int(row["step"]), f"{row[meta.metric]:.5g}", _interval(row, meta.metric))) + "</tr>"
+        for _, row in best_per_value(frame, meta, path).iterrows()
+    )
+    return f"<h2>Best per {html.escape(path)}</h2><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{rows}</table>"
+
+
 def render_html(frame: pd.DataFrame, meta: SearchMeta, figure: Image.Image, run_uri: str, best_config: str | None) -> str:
     finals = final_rows(frame)
     best = best_trial(frame, meta)
-    head = ["trial", "status", *meta.params, "last step", meta.metric, "checkpoint"]
+    head = ["trial", "status", *meta.params, "last step", meta.metric, "95% interval", "checkpoint"]
     rows = []
     for trial_id, row in finals.iterrows():
-        cells = [trial_id, row["status"], *(row[p] for p in meta.params), int(row["step"]), f"{row[meta.metric]:.5g}", row["checkpoint"]]
+        cells = [trial_id, row["status"], *(row[p] for p in meta.params), int(row["step"]), f"{row[meta.metric]:.5g}", _interval(row, meta.metric), row["checkpoint"]]
         mark = " style='font-weight:bold'" if best is not None and trial_id == best.name else ""
         rows.append(f"<tr{mark}>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+    per_value = "".join(_best_per_value_html(frame, meta, path) for path, scale in meta.params.items() if scale == "categorical")
     counts = finals["status"].value_counts().to_dict()
     summary = f"{len(finals)} trials: " + ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in sorted(counts.items()))
     if best is not None:
@@ -189,7 +214,7 @@ def render_html(frame: pd.DataFrame, meta: SearchMeta, figure: Image.Image, run_
         f"<p class=offline>{html.escape(_extractors(frame))}</p>"
         f"<figure><img src='{png_data_uri(figure)}' alt='search'><figcaption>Left: {html.escape(meta.metric)} at each report of every trial "
         f"(dashed and x: stopped early by the scheduler). Right: {html.escape(meta.metric)} at each trial's last report against each searched parameter.</figcaption></figure>"
-        f"<h2>Trials</h2><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>{config}</body></html>"
+        f"{per_value}<h2>Trials</h2><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>{''.join(rows)}</table>{config}</body></html>"
     )
 
 
