@@ -40,6 +40,9 @@ from quality import (  # noqa: E402  (bench/ is on sys.path when this file runs)
     run_jobs,
     _ints,
     _subset,
+    add_set_flag,
+    check_overrides,
+    overrides_note,
     parse_metrics,
 )
 
@@ -69,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", default="docs/img/budget_curve.png", help="where the plot goes; '' to skip")
     p.add_argument("--reuse", action="store_true", help="reuse runs under --out that finished these steps with these settings")
     p.add_argument("--metrics", help="comma-separated subset of fsg eval's metrics (default: every one defined)")
+    add_set_flag(p)
     args = p.parse_args(argv)
+    check_overrides(p, args.set)
     args.metrics = parse_metrics(args.metrics) if args.metrics else None
     args.targets = _subset(args.targets, TARGETS, "--targets")
     args.methods = [name.strip() for name in args.methods.split(",") if name.strip()]
@@ -132,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         plot(rows, args.targets, args.methods, args.plot)
     if args.results:
         notes = [*machine_note(args, wall_s, command), budget_note(args, ",".join(map(str, args.budgets)))]
+        if args.set:
+            notes.append(overrides_note(args.set))
         if not_run:
             notes.append(f"**Partial**: {len(rows)} of {len(jobs)} runs finished within `--time-limit {args.time_limit:g}`. Not run: "
                          + ", ".join(f"{t}/{m or 'source'}/{s}" for t, m, s in not_run) + ".")

@@ -43,7 +43,7 @@ from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
 from fsg_ray.adapt.sampler import load_sampler
 from fsg_ray.adapt.targets import closed_world
-from fsg_ray.config import load_config
+from fsg_ray.config import ConfigError, load_config
 from fsg_ray.eval.protocol import IDEAL_GENERATOR, evaluate, parse_metrics, target_features, target_transform
 from fsg_ray.eval.results import FEATURES, EvalResult, EvalSettings
 from fsg_ray.grids import save_png, seeded_z, stored_noise, to_pil
@@ -96,14 +96,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default="bench/RESULTS.md", help="file whose quality section is refreshed; '' to skip")
     p.add_argument("--reuse", action="store_true", help="reuse a run under --out that finished these steps and was evaluated with these settings")
     p.add_argument("--metrics", help="comma-separated subset of fsg eval's metrics (default: every one defined); kid alone is the cheapest ranking")
+    add_set_flag(p)
     args = p.parse_args(argv)
     args.metrics = parse_metrics(args.metrics) if args.metrics else None
     args.targets = _subset(args.targets, TARGETS, "--targets")
     args.methods = _subset(args.methods, tuple(METHODS), "--methods")
+    check_overrides(p, args.set)
     for flag in ("steps", "workers"):
         if getattr(args, flag) < 1:
             p.error(f"--{flag}: expected a positive integer, got {getattr(args, flag)}")
     return args
+
+
+def add_set_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override an AdaptConfig field in every run (repeatable), e.g. rick.warmup_steps=50: each method reads only its own keys",
+    )
+
+
+def check_overrides(p: argparse.ArgumentParser, overrides: list[str]) -> None:
+    try:
+        load_config(None, overrides)
+    except ConfigError as error:
+        p.error(f"--set: {error}")
+
+
+def overrides_note(overrides: list[str]) -> str:
+    return f"Every run with `{' '.join(f'--set {o}' for o in overrides)}` (each method reads only its own keys)."
 
 
 def _subset(text: str, valid: tuple[str, ...], flag: str) -> list[str]:
@@ -128,10 +148,10 @@ def run_dir(out: str, target: str, method: str | None, steps: int) -> Path:
     return target_dir(out, target) / ("source" if method is None else IDEAL_GENERATOR if method == IDEAL_GENERATOR else f"{method}-{steps}steps")
 
 
-def adapt(source: str, target: str, method: str, steps: int, seed: int, directory: Path) -> float:
-    """One fresh adaptation run with the default config (an old run dir would be resumed, not re-timed); returns its wall time."""
+def adapt(source: str, target: str, method: str, steps: int, seed: int, overrides: list[str], directory: Path) -> float:
+    """One fresh adaptation run with the default config and `--set` overrides (an old run dir would be resumed, not re-timed); returns its wall time."""
     shutil.rmtree(directory, ignore_errors=True)
-    config = load_config(None, [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}"])
+    config = load_config(None, [f"method={method}", f"steps={steps}", f"seed={seed}", f"checkpoint_every={steps}", f"sample_every={steps}", *overrides])
     started = time.perf_counter()
     run_adaptation(RunSpec(source=source, target=target, config=config), DirectorySink(str(directory)), progress=False)
     return time.perf_counter() - started
@@ -290,6 +310,8 @@ def section_body(args: argparse.Namespace, rows: list[Row], not_run: list[Job], 
         notes.append(f"**Partial**: {len(rows)} of {len(rows) + len(not_run)} runs finished{limit}. Not run: {skipped}.")
     if args.source != "toy:faces":
         notes.append(f"**Source is `{args.source}`, not the shipped toy model**: numbers from another source are not comparable with a `toy:faces` run.")
+    if args.set:
+        notes.append(overrides_note(args.set))
     if offline:
         notes.append("Offline FID features were asked for (`--features offline`): the `_offline` numbers rank methods here but are not comparable with published FID/KID.")
     notes.append(
@@ -309,7 +331,9 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
     record = directory / "bench.json"
     if args.reuse and record.exists():
         saved = json.loads(record.read_text())
-        if saved["settings"] == asdict(settings) and saved["source"] == args.source and saved["seed"] == args.seed:
+        adapted = method not in (None, IDEAL_GENERATOR)  # the source and the ideal do not depend on --set
+        same_run = saved["source"] == args.source and saved["seed"] == args.seed and (not adapted or saved.get("overrides", []) == args.set)
+        if saved["settings"] == asdict(settings) and same_run:
             return Row(target, saved["method"], steps, _result_from_json(saved["result"]), saved["adapt_s"])
     real = np.load(real_features_path(args.out, target, settings))
     if method is None:
@@ -317,10 +341,10 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
     elif method == IDEAL_GENERATOR:
         generator, adapt_s, name = IDEAL_GENERATOR, 0.0, IDEAL_ROW
     else:
-        generator, adapt_s, name = str(directory), adapt(args.source, target, method, steps, args.seed, directory), method
+        generator, adapt_s, name = str(directory), adapt(args.source, target, method, steps, args.seed, args.set, directory), method
     source = None if closed_world(target) is not None else args.source  # a closed-world target brings its own
     result = evaluate(generator, target, source, args.metrics, settings, str(directory / "eval"), real_features=real)
-    saved = {"method": name, "settings": asdict(settings), "source": args.source, "seed": args.seed, "adapt_s": adapt_s, "result": result.to_json()}
+    saved = {"method": name, "settings": asdict(settings), "source": args.source, "seed": args.seed, "overrides": args.set, "adapt_s": adapt_s, "result": result.to_json()}
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(saved, indent=1))
     return Row(target, name, steps, result, adapt_s)

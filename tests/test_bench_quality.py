@@ -37,6 +37,20 @@ def test_unknown_method_or_target_is_named():
         quality.parse_args(["--targets", "cats"])
 
 
+def test_a_bad_override_is_refused_naming_the_key(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--set", "rick.warmup_stpes=50"])
+    assert "--set: " in (err := capsys.readouterr().err) and "rick.warmup_stpes" in err
+    assert quality.parse_args(["--set", "rick.warmup_steps=50", "--set", "adam.probe_steps=100"]).set == ["rick.warmup_steps=50", "adam.probe_steps=100"]
+
+
+def test_overrides_reach_the_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    seen = []
+    monkeypatch.setattr(quality, "run_adaptation", lambda spec, sink, progress: seen.append(spec.config))
+    quality.adapt("toy:faces", "toy:sketch", "rick", 20, 0, ["rick.warmup_steps=5"], tmp_path / "run")
+    assert seen[0].rick.warmup_steps == 5 and seen[0].method == "rick" and seen[0].steps == 20
+
+
 def test_the_methods_grid_samples_a_minegan_run_through_its_miner(tmp_path: Path):
     source = write_tiny_source(tmp_path / "source.pt")
     miner = write_minegan_run(tmp_path / "minegan.pt")
