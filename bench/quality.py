@@ -115,7 +115,15 @@ def add_set_flag(p: argparse.ArgumentParser) -> None:
     )
 
 
+# Keys each run sets itself (`adapt`): a --set of one would silently relabel or resize every row.
+BENCH_KEYS = {"method": "--methods", "steps": "--steps/--budgets", "seed": "--seed", "checkpoint_every": "--steps", "sample_every": "--steps"}
+
+
 def check_overrides(p: argparse.ArgumentParser, overrides: list[str]) -> None:
+    for override in overrides:
+        key = override.split("=", 1)[0].strip()
+        if key in BENCH_KEYS:
+            p.error(f"--set {override}: the bench sets {key} for each run; use {BENCH_KEYS[key]}")
     try:
         load_config(None, overrides)
     except ConfigError as error:

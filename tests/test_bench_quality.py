@@ -44,6 +44,12 @@ def test_a_bad_override_is_refused_naming_the_key(capsys: pytest.CaptureFixture[
     assert quality.parse_args(["--set", "rick.warmup_steps=50", "--set", "adam.probe_steps=100"]).set == ["rick.warmup_steps=50", "adam.probe_steps=100"]
 
 
+def test_an_override_of_a_key_the_bench_sets_per_run_is_refused_naming_its_flag(capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit):
+        quality.parse_args(["--set", "method=tgan"])
+    assert "--set method=tgan: the bench sets method for each run; use --methods" in capsys.readouterr().err
+
+
 def test_overrides_reach_the_run_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     seen = []
     monkeypatch.setattr(quality, "run_adaptation", lambda spec, sink, progress: seen.append(spec.config))

@@ -89,7 +89,7 @@ def best_per_value(frame: pd.DataFrame, meta: SearchMeta, path: str) -> pd.DataF
 
 def _interval(row: pd.Series, metric: str) -> str:
     low, high = row.get(f"{metric}_low"), row.get(f"{metric}_high")
-    return "-" if low is None or high is None or pd.isna(low) or pd.isna(high) else f"[{low:.5g}, {high:.5g}]"
+    return "-" if pd.isna(low) or pd.isna(high) else f"[{low:.5g}, {high:.5g}]"
 
 
 def write_results(frame: pd.DataFrame, meta: SearchMeta, run_uri: str) -> None:
