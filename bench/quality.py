@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
+import hashlib
 import json
 import math
 import multiprocessing
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torchvision.utils import make_grid
 
+from fsg_ray import storage
 from fsg_ray.adapt.methods import METHODS
 from fsg_ray.adapt.run import DirectorySink, RunSpec, run_adaptation
 from fsg_ray.adapt.sampler import load_sampler
@@ -47,6 +50,7 @@ from fsg_ray.config import ConfigError, load_config
 from fsg_ray.eval.protocol import IDEAL_GENERATOR, evaluate, parse_metrics, target_features, target_transform
 from fsg_ray.eval.results import FEATURES, EvalResult, EvalSettings
 from fsg_ray.grids import save_png, seeded_z, stored_noise, to_pil
+from fsg_ray.nets.checkpoints import resolve_checkpoint_uri
 
 CLOSED_TARGETS = ("closed:tint", "closed:sketch", "closed:painting", "closed:negative")
 TARGETS = (*CLOSED_TARGETS, "toy:sketch", "toy:painting", "toy:sunglasses", "toy:babies")
@@ -165,8 +169,16 @@ def adapt(source: str, target: str, method: str, steps: int, seed: int, override
     return time.perf_counter() - started
 
 
-def real_features_path(out: str, target: str, settings: EvalSettings) -> Path:
-    return target_dir(out, target) / f"real_features_{settings.features}_n{settings.n_real}_seed{settings.seed}.npy"
+@functools.cache
+def source_digest(source: str) -> str:
+    """The source checkpoint's content, so a reused run or cache is one of this source (a name like
+    `toy:faces` has named more than one model)."""
+    return hashlib.sha256(storage.read_bytes(resolve_checkpoint_uri(source))).hexdigest()[:16]
+
+
+def real_features_path(out: str, target: str, settings: EvalSettings, source: str) -> Path:
+    # A closed-world target's held-out images are made by the source.
+    return target_dir(out, target) / f"real_features_{settings.features}_n{settings.n_real}_seed{settings.seed}_{source_digest(source)}.npy"
 
 
 def cache_real_features(args: argparse.Namespace, targets: list[str]) -> None:
@@ -175,7 +187,7 @@ def cache_real_features(args: argparse.Namespace, targets: list[str]) -> None:
     One process and one thread per target, `--workers` at a time: on a loaded machine two threads of
     one forward pass wait for each other, two processes do not.
     """
-    missing = [t for t in targets if not real_features_path(args.out, t, settings_of(args)).exists()]
+    missing = [t for t in targets if not real_features_path(args.out, t, settings_of(args), args.source).exists()]
     with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_save_real_features, missing, [args] * len(missing)))
 
@@ -183,7 +195,7 @@ def cache_real_features(args: argparse.Namespace, targets: list[str]) -> None:
 def _save_real_features(target: str, args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     settings = settings_of(args)
-    path = real_features_path(args.out, target, settings)
+    path = real_features_path(args.out, target, settings, args.source)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, target_features(target, load_sampler(args.source)[0].config.size, settings))
 
@@ -339,11 +351,9 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
     record = directory / "bench.json"
     if args.reuse and record.exists():
         saved = json.loads(record.read_text())
-        adapted = method not in (None, IDEAL_GENERATOR)  # the source and the ideal do not depend on --set
-        same_run = saved["source"] == args.source and saved["seed"] == args.seed and (not adapted or saved.get("overrides", []) == args.set)
-        if saved["settings"] == asdict(settings) and same_run:
+        if reusable(saved, args, adapted=method not in (None, IDEAL_GENERATOR)):
             return Row(target, saved["method"], steps, _result_from_json(saved["result"]), saved["adapt_s"])
-    real = np.load(real_features_path(args.out, target, settings))
+    real = np.load(real_features_path(args.out, target, settings, args.source))
     if method is None:
         generator, adapt_s, name = args.source, 0.0, SOURCE_ROW
     elif method == IDEAL_GENERATOR:
@@ -352,10 +362,18 @@ def run_job(job: Job, args: argparse.Namespace) -> Row:
         generator, adapt_s, name = str(directory), adapt(args.source, target, method, steps, args.seed, args.set, directory), method
     source = None if closed_world(target) is not None else args.source  # a closed-world target brings its own
     result = evaluate(generator, target, source, args.metrics, settings, str(directory / "eval"), real_features=real)
-    saved = {"method": name, "settings": asdict(settings), "source": args.source, "seed": args.seed, "overrides": args.set, "adapt_s": adapt_s, "result": result.to_json()}
+    saved = {"method": name, "settings": asdict(settings), "source": args.source, "source_digest": source_digest(args.source), "seed": args.seed, "overrides": args.set, "adapt_s": adapt_s, "result": result.to_json()}
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(saved, indent=1))
     return Row(target, name, steps, result, adapt_s)
+
+
+def reusable(saved: dict, args: argparse.Namespace, adapted: bool) -> bool:
+    """A saved row is this run's: same source model, seed and evaluation settings, and for an adapted row
+    the same `--set` (the source and the ideal do not depend on it)."""
+    same_source = saved["source"] == args.source and saved.get("source_digest") == source_digest(args.source)
+    same_run = same_source and saved["seed"] == args.seed and (not adapted or saved.get("overrides", []) == args.set)
+    return same_run and saved["settings"] == asdict(settings_of(args))
 
 
 def _result_from_json(data: dict) -> EvalResult:

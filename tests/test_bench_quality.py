@@ -107,3 +107,16 @@ def test_table_says_why_a_cell_is_empty():
 def test_a_saved_row_reads_back_as_the_same_result():
     result = _row("sketch", "cdc", {"kid": 0.1}, {"fid": "too few"}, {"kid": (0.05, 0.15)}).result
     assert quality._result_from_json(result.to_json()) == result
+
+
+def test_a_saved_row_of_another_model_under_the_same_source_name_is_not_reused(tmp_path: Path):
+    first, second = tmp_path / "a" / "source.pt", tmp_path / "b" / "source.pt"
+    write_tiny_source(first, seed=0)
+    write_tiny_source(second, seed=1)
+    args = quality.parse_args(["--source", str(first), "--out", str(tmp_path / "out")])
+    saved = {"source": str(first), "source_digest": quality.source_digest(str(first)), "seed": 0, "overrides": [], "settings": quality.asdict(quality.settings_of(args))}
+    assert quality.reusable(saved, args, adapted=True)
+    assert not quality.reusable({**saved, "source_digest": quality.source_digest(str(second))}, args, adapted=True)
+    assert not quality.reusable({key: value for key, value in saved.items() if key != "source_digest"}, args, adapted=True)
+    assert not quality.reusable({**saved, "overrides": ["cdc.weight=10"]}, args, adapted=True)
+    assert quality.reusable({**saved, "overrides": ["cdc.weight=10"]}, args, adapted=False)

@@ -22,11 +22,14 @@ whether it can use the run's S3 URIs, so a node without credentials fails the ru
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import logging
 import os
 import posixpath
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -145,6 +148,29 @@ class DriverProgress:
         self.bar.close()
 
 
+class LoggedProgress:
+    """Rank 0's steps as a log line every tenth of the run, for a driver whose stderr is a file or a pipe: Ray's
+    tqdm draws only on a terminal (into a file it streams an empty worker line per update)."""
+
+    def __init__(self, total: int, initial: int):
+        self.total, self.first, self.step = total, initial, initial
+        self.every = max(1, (total - initial) // 10)
+        self.started = time.perf_counter()
+
+    def update(self, stats: StepStats) -> None:
+        self.step += 1
+        done = self.step - self.first
+        if done % self.every and self.step != self.total:
+            return
+        rate = done / (time.perf_counter() - self.started)
+        eta = datetime.timedelta(seconds=round((self.total - self.step) / rate))
+        losses = " ".join(f"{k}={v:.3g}" for k, v in stats_line(stats).items())
+        log.info("adapt %d/%d steps, %.2f steps/s, ETA %s, %s", self.step, self.total, rate, eta, losses)
+
+    def close(self) -> None:
+        pass
+
+
 def quiet_ray_train_reports() -> None:
     """Ray Train logs every `report` of every worker at INFO ("Reporting training result 1: TrainingReport(...)"),
     through a logger named after its file, so Train's own log level does not reach it; the run's progress
@@ -179,7 +205,8 @@ def train_worker(config: dict[str, Any]) -> None:
     validate = functools.partial(validation, device=str(device)) if validation is not None else None
     sink = TrainReportSink(run_uri, rank, world_size, validate)
     progress = rank == 0 and config["progress"]
-    run_adaptation(spec, sink, ProcessGroup(), progress=progress, on_step=on_step, device=device, locate=inputs.locate, bar=DriverProgress)
+    bar = DriverProgress if config["progress_on_terminal"] else LoggedProgress
+    run_adaptation(spec, sink, ProcessGroup(), progress=progress, on_step=on_step, device=device, locate=inputs.locate, bar=bar)
 
 
 def ship_inputs(spec: RunSpec) -> ShippedInputs:
@@ -211,6 +238,7 @@ def make_trainer(
         "threads": max(1, int(scaling.cpus_per_worker)),
         "validation": validation,
         "progress": progress,
+        "progress_on_terminal": sys.stderr.isatty(),  # the driver's: where Ray's tqdm would be drawn
     }
     return TorchTrainer(
         train_worker,
