@@ -50,7 +50,7 @@ SECTION = "## budget curve (toy benchmark)"
 METHODS = ("cdc", "tgan")
 DEFAULT_BUDGETS = "50,100,200"
 DEFAULT_TARGETS = "closed:sketch,toy:babies"
-PLOTTED = ("kid", "gap_kid", "intra_stlpips", "corr_edge_ratio", "corr_stlpips_ratio", "corr_l1")
+PLOTTED = ("kid", "gap_kid", "gap_corr_stlpips", "intra_stlpips", "corr_edge_ratio", "corr_stlpips_ratio", "corr_l1")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
