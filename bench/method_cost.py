@@ -23,9 +23,9 @@ import statistics
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import torch
+from train_step import MetricsOnly  # bench/ is on sys.path when this file runs
 
 from fsg_ray.adapt.loop import SingleProcess
 from fsg_ray.adapt.methods import METHODS
@@ -43,29 +43,11 @@ class Cost:
     step_ms: float
 
 
-class LastMetrics:
-    """A RunSink that keeps the last checkpoint's metrics and writes nothing."""
-
-    run_uri = None  # no run directory: AdAM's probe is made in memory, as part of the set-up timed here
-
-    def __init__(self) -> None:
-        self.metrics: dict[str, float] = {}
-
-    def latest_checkpoint(self) -> None:
-        return None
-
-    def save_checkpoint(self, step: int, ckpt: dict[str, Any], metrics: dict[str, float]) -> None:
-        self.metrics = metrics
-
-    def save_grid(self, step: int, grid: Any) -> None:
-        pass
-
-
 def measure(spec: RunSpec) -> Cost:
     started = time.perf_counter()
     run = prepare(spec, SingleProcess())
     setup_s = time.perf_counter() - started
-    sink = LastMetrics()
+    sink = MetricsOnly()  # no run directory: AdAM's probe is made in memory, inside the set-up timed here
     train_until_done(run, spec, sink, progress=False)
     return Cost(spec.config.method, setup_s, sink.metrics["step_time_s"] * 1000)
 

@@ -133,6 +133,10 @@ class TrainReportSink:
             self.files.save_grid(step, grid)
 
 
+def losses_text(stats: StepStats) -> str:
+    return " ".join(f"{k}={v:.3g}" for k, v in stats_line(stats).items())
+
+
 class DriverProgress:
     """Rank 0's steps as one bar that the driver draws (Ray's tqdm): steps/s, ETA and the latest losses."""
 
@@ -141,7 +145,7 @@ class DriverProgress:
         self.bar.n = initial
 
     def update(self, stats: StepStats) -> None:
-        self.bar.set_description("adapt " + " ".join(f"{k}={v:.3g}" for k, v in stats_line(stats).items()))
+        self.bar.set_description(f"adapt {losses_text(stats)}")
         self.bar.update(1)
 
     def close(self) -> None:
@@ -164,8 +168,7 @@ class LoggedProgress:
             return
         rate = done / (time.perf_counter() - self.started)
         eta = datetime.timedelta(seconds=round((self.total - self.step) / rate))
-        losses = " ".join(f"{k}={v:.3g}" for k, v in stats_line(stats).items())
-        log.info("adapt %d/%d steps, %.2f steps/s, ETA %s, %s", self.step, self.total, rate, eta, losses)
+        log.info("adapt %d/%d steps, %.2f steps/s, ETA %s, %s", self.step, self.total, rate, eta, losses_text(stats))
 
     def close(self) -> None:
         pass
