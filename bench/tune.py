@@ -5,9 +5,9 @@
    through fsg adapt's one-process path (run_adaptation + DirectorySink, one torch thread as in a
    one-CPU Train worker), with the same validation at the same checkpoints. Tune's overhead per
    trial = sum of the trials' Tune wall times (trial start to last report) / sum of the baseline's.
-3. ASHA's share of a full search's trial-steps: the steps the trials ran / (trials x max_t).
+3. The scheduler's (ASHA's or sha's) share of a full search's trial-steps: the steps the trials ran / (trials x max_t).
 4. With --compare-full: the same search without a scheduler (the searcher is seeded by base.seed, so
-   it samples the same configurations), every trial to max_t; whether ASHA's best is the full
+   it samples the same configurations), every trial to max_t; whether the scheduler's best is the full
    search's best or inside its interval, where it ranks there, and for every report step the rank
    correlation (Spearman) across trials between the metric there and at max_t: what a rung can know.
    Rungs measure G_ema without the source's share (fsg_ray/adapt/ema.py); the baseline is the same
@@ -33,6 +33,7 @@ from fsg_ray import storage
 from fsg_ray.adapt.run import DirectorySink, RunSpec, export_final_generator, run_adaptation
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.eval.validation import measure, reported_key
+from fsg_ray.ray.halving import survivors
 from fsg_ray.ray.tune import run_search, validation_of
 from fsg_ray.search.config import SearchConfig, load_search_config
 from fsg_ray.search.report import SearchMeta, final_rows, plain_value, read_results
@@ -55,7 +56,7 @@ def main() -> None:
     parser.add_argument("--config", default="tune_configs/toy_cdc.yaml")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--out", default=None, help="where the search and the baseline runs go (default: a temp dir)")
-    parser.add_argument("--compare-full", action="store_true", help="also run the search without ASHA and compare the best configurations")
+    parser.add_argument("--compare-full", action="store_true", help="also run the search without a scheduler and compare the best configurations")
     parser.add_argument("--skip-baseline", action="store_true", help="leave out 2. (Tune's overhead): it trains every trial again in this process")
     args = parser.parse_args()
     search = load_search_config(args.config, args.set)
@@ -83,15 +84,15 @@ def main() -> None:
     print(f"search wall: {search_wall:.0f} s for {len(finals)} trials ({summary.statuses}) -> {len(finals) / search_wall * 3600:.1f} trials/hour")
     if not args.skip_baseline:
         print(f"Tune overhead per trial: sum of trial wall times {tune_s:.0f} s / same trials back to back with fsg adapt {base_s:.0f} s = {tune_s / base_s:.2f}")
-    print(f"ASHA trial-steps: {steps_run} of a full search's {full} ({steps_run / full:.0%}); best {summary.best_trial} {meta.metric}={summary.best_value:.4f}")
+    print(f"{search.scheduler.type} trial-steps: {steps_run} of a full search's {full} ({steps_run / full:.0%}); best {summary.best_trial} {meta.metric}={summary.best_value:.4f}")
     if args.compare_full:
         compare_full(args, out, finals, meta, summary.best_trial)
     print(f"outputs: {out}")
 
 
 def successive_halving(frame: pd.DataFrame, metric: str, mode: str, grace: int, factor: int, max_t: int) -> tuple[int, list[str]]:
-    """Synchronous successive halving replayed on a full search's recorded curves: the trial-steps it would
-    train and the trials it would run to max_t (the best 1/factor at each rung grace * factor^k)."""
+    """Synchronous successive halving (scheduler sha) replayed on a full search's recorded curves: the
+    trial-steps it would train and the trials it would run to max_t (the best floor(n / factor) at each rung)."""
     alive, used, reached, rung = sorted(frame["trial_id"].unique()), 0, 0, grace
     while True:
         rung = min(rung, max_t)
@@ -99,7 +100,7 @@ def successive_halving(frame: pd.DataFrame, metric: str, mode: str, grace: int, 
         if rung == max_t:
             return used, alive
         at_rung = frame[(frame["step"] == rung) & frame["trial_id"].isin(alive)].set_index("trial_id")[metric]
-        keep = max(1, -(-len(alive) // factor))
+        keep = survivors(len(alive), factor)
         alive = sorted(at_rung.sort_values(ascending=mode == "min").index[:keep])
         reached, rung = rung, rung * factor
 
@@ -137,7 +138,7 @@ def stored_ema_correlations(frame: pd.DataFrame, search: SearchConfig, rungs: li
 
 
 def scheduler_rungs(search: SearchConfig) -> list[int]:
-    """The steps where ASHA compares trials: grace_period * reduction_factor^k below max_t."""
+    """The steps where the scheduler compares trials: grace_period * reduction_factor^k below max_t."""
     s = search.scheduler
     return [step for step in (round(s.grace_period * s.reduction_factor**k) for k in range(32)) if step < s.max_t]
 
@@ -146,18 +147,18 @@ def params_of(row: pd.Series, names: list[str]) -> tuple:
     return tuple(plain_value(row[name]) for name in names)
 
 
-def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, meta: SearchMeta, asha_best: str | None) -> None:
-    """The search again without a scheduler: does ASHA's best configuration win when every trial runs to max_t?"""
+def compare_full(args: argparse.Namespace, out: str, picked_finals: pd.DataFrame, meta: SearchMeta, picked_best: str | None) -> None:
+    """The search again without a scheduler: does the scheduler's best configuration win when every trial runs to max_t?"""
     full_search = load_search_config(args.config, [*args.set, "scheduler.type=none"])
     started = time.perf_counter()
     full = run_search(full_search, str(Path(out) / "full"))
     full_frame, _ = read_results(full.run_uri)
     full_finals = final_rows(full_frame)
-    asha_configs = sorted(params_of(row, meta.params) for _, row in asha_finals.iterrows())
+    picked_configs = sorted(params_of(row, meta.params) for _, row in picked_finals.iterrows())
     full_configs = sorted(params_of(row, meta.params) for _, row in full_finals.iterrows())
     ranked = full_finals.sort_values(meta.metric, ascending=meta.mode == "min")
     print(f"\nfull search (no scheduler): {time.perf_counter() - started:.0f} s, {len(full_finals)} trials, {int(full_finals['step'].sum())} trial-steps; "
-          f"same sampled configurations as the ASHA search: {asha_configs == full_configs}")
+          f"same sampled configurations as the scheduled search: {picked_configs == full_configs}")
     print_halving_table(full_frame, meta, full_search.scheduler.max_t, full_search.eval.every)
     rungs = scheduler_rungs(full_search)
     stored = stored_ema_correlations(full_frame, full_search, rungs)
@@ -166,15 +167,15 @@ def compare_full(args: argparse.Namespace, out: str, asha_finals: pd.DataFrame, 
     for step, rho in rung_correlations(full_frame, meta.metric, full_search.scheduler.max_t).items():
         baseline = f"{stored[step]:.2f}" if step in stored.index else "not measured (no rung)"
         print(f"| {step} | {rho:.2f} | {baseline} | {decay**step:.0%} |")
-    if asha_best is not None:
+    if picked_best is not None:
         best_full = ranked.iloc[0]
         low, high = (best_full.get(f"{meta.metric}_{end}") for end in ("low", "high"))
-        asha_value = full_finals.loc[[i for i, row in full_finals.iterrows() if params_of(row, meta.params) == params_of(asha_finals.loc[asha_best], meta.params)][0], meta.metric]
-        inside = low is not None and low <= asha_value <= high
-        print(f"ASHA's pick ends the full search at {meta.metric}={asha_value:.4f}; the full best {best_full[meta.metric]:.4f} has interval [{low}, {high}]: ASHA's pick inside it: {inside}")
-    print(f"| rank | {' | '.join(meta.params)} | {meta.metric} at max_t | ASHA's best |")
+        picked_value = full_finals.loc[[i for i, row in full_finals.iterrows() if params_of(row, meta.params) == params_of(picked_finals.loc[picked_best], meta.params)][0], meta.metric]
+        inside = low is not None and low <= picked_value <= high
+        print(f"the scheduler's pick ends the full search at {meta.metric}={picked_value:.4f}; the full best {best_full[meta.metric]:.4f} has interval [{low}, {high}]: the pick inside it: {inside}")
+    print(f"| rank | {' | '.join(meta.params)} | {meta.metric} at max_t | the scheduler's best |")
     print(f"|---|{'---|' * len(meta.params)}---|---|")
-    best_params = params_of(asha_finals.loc[asha_best], meta.params) if asha_best is not None else None
+    best_params = params_of(picked_finals.loc[picked_best], meta.params) if picked_best is not None else None
     for rank, (_, row) in enumerate(ranked.iterrows(), 1):
         params = params_of(row, meta.params)
         print(f"| {rank} | {' | '.join(f'{v:.4g}' if isinstance(v, float) else str(v) for v in params)} | {row[meta.metric]:.4f} | {'yes' if params == best_params else ''} |")

@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
 
-    p = verbs.add_parser("tune", help="hyperparameter search on Ray Tune: each trial a Ray Train adaptation run, ASHA, resumable")
+    p = verbs.add_parser("tune", help="hyperparameter search on Ray Tune: each trial a Ray Train adaptation run, ASHA or synchronous halving, resumable")
     p.add_argument("config", nargs="?", help="search file, e.g. tune_configs/toy_cdc.yaml")
     p.add_argument("--out", help="run URI of the search (local path or s3://bucket/prefix); rerun to resume")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a key of the search file, e.g. base.steps=100 (repeatable)")

@@ -188,6 +188,14 @@ def committed(trial: Path) -> list[str]:
     return [c["checkpoint_dir_name"] for c in snapshot["checkpoint_results"]]
 
 
+def reported_in_results(run: Path, other_than: str) -> bool:
+    try:
+        frame, _ = read_results(str(run))
+    except (storage.StorageError, OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+        return False
+    return bool((frame["trial_id"] != other_than).any())
+
+
 def mtimes(folder: Path, names: list[str] | None = None) -> dict[str, int]:
     files = folder.glob("checkpoint_*/state.pt") if names is None else [folder / name / "state.pt" for name in names]
     return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in files}
@@ -220,6 +228,7 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, tmp_pa
         wait_for(lambda: snapshot_says_finished(run / "tune", finished.name), "Tune's snapshot of the first trial as finished", driver, log_path)
         second = lambda: any(committed(p) for p in trials.iterdir() if p != finished)  # noqa: E731
         wait_for(second, "the second trial's first committed checkpoint", driver, log_path)
+        wait_for(lambda: reported_in_results(run, finished.name), "the second trial's first row in results.parquet", driver, log_path)
         driver.send_signal(signal.SIGKILL)
         driver.wait(timeout=30)
     finally:
@@ -241,3 +250,48 @@ def test_a_killed_driver_resumes_without_redoing_finished_trials(cluster, tmp_pa
     assert before["unfinished"] and mtimes(unfinished, [k.split("/")[0] for k in before["unfinished"]]) == before["unfinished"]
     assert read_checkpoint(str(unfinished))["step"] == 100
     assert summary.statuses == {"completed": 2}
+    # Tune restarted the unfinished trial without a Tune checkpoint and emptied its result log; the reports
+    # from before the kill come back from the results file written while the first driver ran.
+    resumed, _ = read_results(str(run))
+    assert list(resumed.loc[resumed["trial_id"] == unfinished.name, "step"]) == list(range(10, 101, 10))
+
+
+# --- synchronous successive halving: every trial reaches a rung before any is judged there -----------
+
+
+def test_sha_judges_a_rung_only_when_every_trial_reached_it_and_resumes_the_survivors(cluster, tmp_path):
+    """Four trials of a tiny model, one at a time; sha keeps the best half at steps 10 and 20 of 30."""
+    source, target = write_tiny_source(tmp_path / "source.pt"), write_target_folder(tmp_path / "target")
+    validation = write_target_folder(tmp_path / "validation", n=16)
+    config = write_search(tmp_path / "search.yaml", {
+        "name": "sha",
+        "base": {"source": source, "target": target, "method": "tgan", "steps": 30, "sample_every": 30},
+        "metric": {"name": "kid", "mode": "min"},
+        "search": {"optim.lr": {"space": "grid_search", "values": [0.002, 0.0, 0.001, 0.0005]}},
+        "scheduler": {"type": "sha", "grace_period": 10, "reduction_factor": 2},
+        "max_concurrent_trials": 1,
+        "trial": {"workers": 1, "max_failures": 0},
+        "eval": {"every": 10, "n_generated": 16, "validation": validation, "metrics": ["kid"], "features": "offline"},
+    })
+    run = tmp_path / "run"
+
+    summary = run_search(load_search_config(config), str(run))
+
+    frame, meta = read_results(str(run))
+    last = frame.groupby("trial_id")["step"].max()
+    assert sorted(last) == [10, 10, 20, 30]
+    assert summary.statuses == {"stopped_early": 3, "completed": 1}
+    for rung, reached in ((10, last.index), (20, last[last >= 20].index)):
+        at_rung = frame[(frame["step"] == rung) & frame["trial_id"].isin(reached)].set_index("trial_id")[meta.metric]
+        assert set(last[last > rung].index) == set(at_rung.nsmallest(len(at_rung) // 2).index), f"rung {rung}"
+    # Synchronous, and the survivors resumed their Train runs: with one trial at a time, a survivor that
+    # trained again from step 0 would rewrite its step-10 checkpoint after another trial's step 20.
+    written = {step: [(run / "trials" / t / f"checkpoint_{step:06d}" / "state.pt").stat().st_mtime_ns for t in last[last >= step].index] for step in (10, 20, 30)}
+    assert max(written[10]) < min(written[20]) and max(written[20]) < min(written[30])
+    assert (run / "trials" / summary.best_trial / "generator.pt").exists()
+
+    # Tune's snapshot keeps the paused trials sha stopped as PAUSED; the same command again trains none of them.
+    before = {t: mtimes(run / "trials" / t) for t in last.index}
+    again = run_search(load_search_config(config), str(run))
+    assert {t: mtimes(run / "trials" / t) for t in last.index} == before
+    assert (again.best_trial, again.statuses) == (summary.best_trial, summary.statuses)

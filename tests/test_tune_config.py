@@ -270,3 +270,39 @@ def test_cli_refuses_a_search_whose_base_target_is_missing_before_starting_ray(t
     data["eval"]["validation"] = "toy:sketch"
     assert main(["tune", str(write(tmp_path, data)), "--out", str(tmp_path / "run")]) == 2
     assert "MISSING" in capsys.readouterr().err
+
+
+def test_sha_hands_out_every_trial_at_once_in_the_order_asha_samples_them():
+    """sha admits trials itself, so its searcher has no limit; the seeded draws are the same configurations."""
+    shipped = SHIPPED[0].parent / "toy_cdc.yaml"
+    asha, sha = load_search_config(shipped, ["scheduler.type=asha"]), load_search_config(shipped, ["scheduler.type=sha"])
+    everything = sampled_configs(sha)
+    assert len(everything) == sha.num_trials == sha.num_samples
+    assert everything[: asha.max_concurrent_trials] == sampled_configs(asha)
+
+
+def test_sha_counts_every_grid_combination_as_a_trial(tmp_path):
+    data = changed("search/anchors.every", {"space": "grid_search", "values": [2, 4, 8]})
+    data["num_samples"] = 5
+    assert load_search_config(write(tmp_path, data)).num_trials == 15
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "message"),
+    [
+        ({"type": "sha", "grace_period": 5, "reduction_factor": 2.5}, "scheduler.reduction_factor: sha keeps 1/factor"),
+        ({"type": "sha", "grace_period": 5, "reduction_factor": 3}, "scheduler.grace_period: sha judges .* 5 is not a multiple of eval.every (10)"),
+        ({"type": "hyperband"}, "scheduler.type: expected one of asha, sha, none, got 'hyperband'"),
+    ],
+)
+def test_a_sha_schedule_that_cannot_be_run_is_refused_naming_the_key(tmp_path, scheduler, message):
+    data = changed("scheduler", scheduler)
+    data["eval"]["every"] = 10 if scheduler.get("reduction_factor") == 3 else 5
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_search_config(write(tmp_path, data))
+
+
+def test_sha_with_optuna_is_refused():
+    shipped = SHIPPED[0].parent / "toy_cdc.yaml"
+    with pytest.raises(ConfigError, match="searcher.type: sha draws every trial's configuration"):
+        load_search_config(shipped, ["scheduler.type=sha", "searcher.type=optuna"])

@@ -4,7 +4,7 @@ A trial is a function that builds the same TorchTrainer as `fsg adapt --workers 
 (fsg_ray.ray.train.make_trainer) for the run URI `RUN_URI/trials/<trial_id>`, whose last part, the
 trial id, is also the Train run's name: a restored trial resumes its Train run from the last committed
 checkpoint. Every checkpoint report carries validation metrics (fsg_ray.eval.validation) and reaches Tune
-through TuneReportCallback, one Tune result per checkpoint, so ASHA counts training steps. Tune's own
+through TuneReportCallback, one Tune result per checkpoint, so the scheduler (ASHA, sha) counts training steps. Tune's own
 experiment state lives at `RUN_URI/tune`; `Tuner.restore` picks it up after the driver died.
 (RAY_NOTES: `Tuner(TorchTrainer)` fails in Ray 2.60, and the dashboard must stay on, or the next
 trial waits forever for the placement group of a trial ASHA stopped.)
@@ -16,7 +16,6 @@ import dataclasses
 import logging
 import math
 import posixpath
-import time
 from typing import Any
 
 import pandas as pd
@@ -31,10 +30,11 @@ from fsg_ray.adapt.run import EXPORT_FILE, RunSpec, check_inputs, export_final_g
 from fsg_ray.config import ConfigError
 from fsg_ray.nets.checkpoints import CHECKPOINT_FILE, checkpoint_dir_name
 from fsg_ray.ray.cluster import connect
+from fsg_ray.ray.halving import SuccessiveHalving
 from fsg_ray.ray.inputs import ShippedInputs
 from fsg_ray.ray.train import Scaling, make_trainer, pin_local_inputs, ray_storage, ship_inputs
 from fsg_ray.search.config import SearchConfig, Space, first_difference
-from fsg_ray.search.report import RESULTS_FILE, SearchMeta, SearchSummary, read_results, search_meta, write_results, write_search_outputs
+from fsg_ray.search.report import RESULTS_FILE, SearchMeta, SearchSummary, plain_value, read_results, search_meta, write_results, write_search_outputs
 from fsg_ray.eval.validation import Validation, reported_key
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,6 @@ TRIALS_DIR = "trials"
 SEARCH_FILE = "search.yaml"
 # The trial function only waits on its TorchTrainer (whose controller takes no CPU); the workers hold the CPUs.
 TRIAL_DRIVER_CPUS = 0.1
-LIVE_WRITE_S = 30.0  # how stale RUN_URI/results.parquet may be while trials report
 
 
 def tune_space(space: Space) -> Any:
@@ -107,13 +106,17 @@ def tune_config(search: SearchConfig, metric: str) -> tune.TuneConfig:
     s = search.scheduler
     if s.type == "asha":
         scheduler = tune.schedulers.ASHAScheduler(time_attr=s.time_attr, max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
-    # Both searchers draw from base.seed: the same file samples the same configurations, with or without ASHA.
+    elif s.type == "sha":
+        scheduler = SuccessiveHalving(s.time_attr, metric, search.metric.mode, s.grace_period, int(s.reduction_factor), s.max_t, search.num_trials, search.max_concurrent_trials)
+    # Both searchers draw from base.seed: the same file samples the same configurations, with or without a scheduler.
     if search.searcher.type == "optuna":
         from ray.tune.search.optuna import OptunaSearch
 
         search_alg, max_concurrent = OptunaSearch(seed=search.base.seed), search.max_concurrent_trials
     else:
-        search_alg, max_concurrent = BasicVariantGenerator(max_concurrent=search.max_concurrent_trials, random_state=search.base.seed), None
+        # sha admits trials itself: a searcher's limit would count its paused trials and stall the first rung.
+        limit = 0 if s.type == "sha" else search.max_concurrent_trials
+        search_alg, max_concurrent = BasicVariantGenerator(max_concurrent=limit, random_state=search.base.seed), None
     return tune.TuneConfig(
         metric=metric, mode=search.metric.mode, scheduler=scheduler, search_alg=search_alg,
         num_samples=search.num_samples, max_concurrent_trials=max_concurrent,
@@ -203,9 +206,10 @@ def grid_reports(grid: tune.ResultGrid) -> list[TrialReports]:
 
 
 class LiveResults(tune.Callback):
-    """Keeps RUN_URI/results.parquet current while the search runs: rewritten when a trial ends and at most
-    every LIVE_WRITE_S otherwise, so a search in progress, or one whose driver died, can be read (and
-    `fsg tune --report` rendered) before the final tables. A resumed search starts from the file.
+    """Keeps RUN_URI/results.parquet current while the search runs: rewritten at every report and when a
+    trial ends, so a search in progress, or one whose driver died, can be read (and `fsg tune --report`
+    rendered) before the final tables. A resumed search starts from the file and keeps its rows: Tune
+    empties the result log of a trial it restarts, and this file is then the only record of its reports.
 
     Tune pickles its callbacks with the experiment and a restored search runs the unpickled copy, so
     the state is (re)built in `setup`, which every start and restore calls.
@@ -218,13 +222,11 @@ class LiveResults(tune.Callback):
         self.rows: dict[str, list[dict[str, Any]]] = {}
         self.state: dict[str, tuple[dict[str, Any], bool, bool]] = {}  # trial id -> (config, error, running)
         self.earlier = read_results(self.run_uri)[0] if storage.exists(storage.join(self.run_uri, RESULTS_FILE)) else pd.DataFrame()
-        self.written_at = 0.0
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.rows.setdefault(trial.trial_id, []).append({k: v for k, v in result.items() if not isinstance(v, dict)})
         self.state[trial.trial_id] = (trial.config, False, True)
-        if time.monotonic() - self.written_at >= LIVE_WRITE_S:
-            self.write()
+        self.write()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.state[trial.trial_id] = (trial.config, False, False)
@@ -237,13 +239,20 @@ class LiveResults(tune.Callback):
     def write(self) -> None:
         trials = [TrialReports(trial_id, config, pd.DataFrame(self.rows.get(trial_id, [])), error, running)
                   for trial_id, (config, error, running) in self.state.items()]
-        frame = results_frame(trials, self.search, self.run_uri)
-        if not self.earlier.empty:
-            kept = self.earlier[~self.earlier["trial_id"].isin(frame["trial_id"] if not frame.empty else [])]
-            frame = pd.concat([kept, frame], ignore_index=True).sort_values(["trial_id", "step"], ignore_index=True)
+        frame = with_rows_of(results_frame(trials, self.search, self.run_uri), self.earlier)
         if not frame.empty:
             write_results(frame, self.meta, self.run_uri)
-        self.written_at = time.monotonic()
+
+
+def with_rows_of(frame: pd.DataFrame, earlier: pd.DataFrame) -> pd.DataFrame:
+    """`frame` and the rows of `earlier` for (trial, step) pairs that `frame` does not have."""
+    if earlier.empty:
+        return frame
+    known = set(zip(frame["trial_id"], frame["step"])) if not frame.empty else set()
+    missing = earlier[[(t, s) not in known for t, s in zip(earlier["trial_id"], earlier["step"])]]
+    if missing.empty:
+        return frame
+    return pd.concat([frame, missing], ignore_index=True).sort_values(["trial_id", "step"], ignore_index=True)
 
 
 # Tune's own fields in every result; what a trial reported is kept.
@@ -254,11 +263,32 @@ TUNE_BOOKKEEPING = {
 
 
 def export_missing_generators(frame: pd.DataFrame, run_uri: str) -> None:
-    """generator.pt for every completed trial: the trial writes it after training, unless ASHA's stop at max_t ended it first."""
+    """generator.pt for every completed trial: the trial writes it after training, unless the scheduler's stop at max_t ended it first."""
     for trial_id in frame.loc[frame["status"] == "completed", "trial_id"].unique():
         uri = trial_uri(run_uri, trial_id)
         if not storage.exists(storage.join(uri, EXPORT_FILE)):
             export_final_generator(uri)
+
+
+def with_earlier_reports(frame: pd.DataFrame, search: SearchConfig, run_uri: str) -> pd.DataFrame:
+    """The grid's rows and those RUN_URI/results.parquet holds that the grid lacks.
+
+    Tune truncates the result log of a trial that it restarts without a Tune checkpoint (ours resume from
+    their Train run instead), so after a restored driver the grid can miss what a trial reported before
+    (a trial sha promoted, one that was running); LiveResults wrote those rows as they came.
+    """
+    if not storage.exists(storage.join(run_uri, RESULTS_FILE)):
+        return frame
+    merged = with_rows_of(frame, read_results(run_uri)[0])
+    if len(merged) == len(frame):
+        return frame
+    status = frame.groupby("trial_id")["status"].last().to_dict() if not frame.empty else {}
+    for trial_id, rows in merged.groupby("trial_id"):
+        if trial_id not in status:
+            params = {path: plain_value(rows[path].iloc[-1]) for path in search.search}
+            status[trial_id] = _trial_status(int(rows["step"].max()), search.trial_config(params).steps, error=False)
+    merged["status"] = merged["trial_id"].map(status)
+    return merged
 
 
 def run_search(search: SearchConfig, run_uri: str) -> SearchSummary:
@@ -271,7 +301,7 @@ def run_search(search: SearchConfig, run_uri: str) -> SearchSummary:
     metric = reported_key(search.metric.name, search.eval.features)
     inputs = ship_inputs(RunSpec(search.source, search.target, search.base))
     grid = tuner(search, run_uri, metric, inputs).fit()
-    frame = results_frame(grid_reports(grid), search, run_uri)
+    frame = with_earlier_reports(results_frame(grid_reports(grid), search, run_uri), search, run_uri)
     if frame.empty:
         raise RuntimeError(f"no trial of {run_uri} reported a result; errors: {[str(e) for e in grid.errors]}")
     export_missing_generators(frame, run_uri)

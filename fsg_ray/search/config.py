@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from fsg_ray.metrics.fid import fid_undefined
 
 TOP_KEYS = ("name", "base", "metric", "search", "searcher", "scheduler", "num_samples", "max_concurrent_trials", "trial", "eval")
 REQUIRED_KEYS = ("name", "base", "metric", "search", "eval")
+SCHEDULERS = ("asha", "sha", "none")
 SPACE_KEYS = {
     "uniform": ("lower", "upper"),
     "loguniform": ("lower", "upper"),
@@ -76,7 +78,9 @@ class SearcherSpec:
 
 @dataclass(frozen=True)
 class SchedulerSpec:
-    """ASHA over reports counted in training steps; grace_period defaults to eval.every, max_t to steps."""
+    """Early stopping over reports counted in training steps: `asha` (Ray's asynchronous successive halving),
+    `sha` (synchronous: every trial reaches a rung before any is judged, fsg_ray.ray.halving) or `none`.
+    grace_period defaults to eval.every, max_t to steps."""
 
     type: str = "asha"
     time_attr: str = "step"
@@ -124,6 +128,11 @@ class SearchConfig:
     @property
     def validation(self) -> str:
         return self.eval.validation or self.target
+
+    @property
+    def num_trials(self) -> int:
+        """Trials the search runs: num_samples for every combination of the grid_search values."""
+        return self.num_samples * math.prod(len(s.values) for s in self.search.values() if s.space == "grid_search")
 
     def trial_config(self, params: dict[str, Any]) -> AdaptConfig:
         """The complete AdaptConfig of a trial: base, then the sampled values, checkpointing at eval.every."""
@@ -306,8 +315,8 @@ def _parse_eval(raw: Any, source: str, target: str, steps: int) -> EvalSpec:
 
 def _parse_scheduler(raw: Any, every: int, steps: int) -> SchedulerSpec:
     spec = _section(SchedulerSpec, raw, "scheduler")
-    if spec.type not in ("asha", "none"):
-        raise ConfigError(f"scheduler.type: expected asha or none, got {spec.type!r}")
+    if spec.type not in SCHEDULERS:
+        raise ConfigError(f"scheduler.type: expected one of {', '.join(SCHEDULERS)}, got {spec.type!r}")
     if spec.time_attr != "step":
         raise ConfigError(f"scheduler.time_attr: only 'step' (training steps) is reported, got {spec.time_attr!r}")
     spec = dataclasses.replace(spec, grace_period=spec.grace_period or every, max_t=spec.max_t or steps)
@@ -315,6 +324,12 @@ def _parse_scheduler(raw: Any, every: int, steps: int) -> SchedulerSpec:
         raise ConfigError(f"scheduler: need 1 <= grace_period ({spec.grace_period}) <= max_t ({spec.max_t}) <= base.steps ({steps})")
     if spec.reduction_factor <= 1:
         raise ConfigError(f"scheduler.reduction_factor: expected a number above 1, got {spec.reduction_factor}")
+    if spec.type == "sha":
+        if spec.reduction_factor != int(spec.reduction_factor):
+            raise ConfigError(f"scheduler.reduction_factor: sha keeps 1/factor of the trials at each rung, so it needs a whole number, got {spec.reduction_factor}")
+        if spec.grace_period % every:
+            # Rungs are grace_period * factor^k: with the first one on a report step, all are.
+            raise ConfigError(f"scheduler.grace_period: sha judges every trial at the same steps, so its rungs must be report steps; {spec.grace_period} is not a multiple of eval.every ({every})")
     return spec
 
 
@@ -354,6 +369,9 @@ def parse_search(data: Any) -> SearchConfig:
     searcher = _section(SearcherSpec, data.get("searcher"), "searcher")
     if searcher.type not in ("random", "optuna"):
         raise ConfigError(f"searcher.type: expected random or optuna, got {searcher.type!r}")
+    scheduler = _parse_scheduler(data.get("scheduler"), eval_spec.every, base.steps)
+    if scheduler.type == "sha" and searcher.type != "random":
+        raise ConfigError(f"searcher.type: sha draws every trial's configuration before the first rung, which leaves {searcher.type} nothing to learn from; use random")
     if searcher.type == "optuna":
         if importlib.util.find_spec("optuna") is None:
             raise ConfigError("searcher.type: optuna is an optional extra that is not installed here: pip install 'fsg-ray[optuna]'")
@@ -366,7 +384,7 @@ def parse_search(data: Any) -> SearchConfig:
             raise ConfigError(f"{key}: expected a positive integer, got {value!r}")
     return SearchConfig(
         name=data["name"], source=source, target=target, base=base, metric=metric, search=search, eval=eval_spec,
-        searcher=searcher, scheduler=_parse_scheduler(data.get("scheduler"), eval_spec.every, base.steps),
+        searcher=searcher, scheduler=scheduler,
         num_samples=counts["num_samples"], max_concurrent_trials=counts["max_concurrent_trials"], trial=_parse_trial(data.get("trial")),
     )
 
