@@ -234,7 +234,7 @@ def sampled_configs(search) -> list[dict]:
 
 def test_the_random_searcher_draws_from_base_seed_so_a_search_without_asha_samples_the_same_configs():
     shipped = SHIPPED[0].parent / "toy_cdc.yaml"
-    with_asha, without = load_search_config(shipped), load_search_config(shipped, ["scheduler.type=none"])
+    with_asha, without = load_search_config(shipped, ["scheduler.type=asha"]), load_search_config(shipped, ["scheduler.type=none"])
     first = sampled_configs(with_asha)
     assert len(first) == with_asha.max_concurrent_trials
     assert sampled_configs(without) == first
