@@ -43,6 +43,13 @@ class AnchorConfig:
     every: int = 4
     std: float = 0.1
     patch_levels: int = 1
+    # Which D judges the iterations away from the anchors: "patch" (SPEC §3, relaxed realism) or "image",
+    # an ablation that keeps anchors and L_dist but drops the patch-level D.
+    off_anchor_d: str = "patch"
+
+    def __post_init__(self) -> None:
+        if self.off_anchor_d not in ("patch", "image"):
+            raise ConfigError(f"anchors.off_anchor_d: expected patch or image, got {self.off_anchor_d!r}")
 
 
 @dataclass(frozen=True)

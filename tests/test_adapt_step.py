@@ -60,6 +60,21 @@ def test_anchor_iterations_use_the_image_discriminator_and_others_a_patch_head()
     assert set(seen) == {0}
 
 
+def test_off_anchor_d_image_judges_every_iteration_with_the_image_discriminator_and_keeps_anchors_and_cdc():
+    run = tiny_run("anchors.off_anchor_d=image")
+    levels = []
+    original = run._realism
+    run._realism = lambda images, level: levels.append(level) or original(images, level)
+    stats = [run.train_step() for _ in range(3)]
+    assert set(levels) == {None} and run.anchors is not None
+    assert [s.anchor for s in stats] == [True, False, False] and all(s.cdc_loss > 0 for s in stats)
+
+
+def test_an_unknown_off_anchor_d_is_rejected_naming_the_key():
+    with pytest.raises(ConfigError, match=r"anchors\.off_anchor_d: expected patch or image, got 'pixel'"):
+        load_config(None, ["anchors.off_anchor_d=pixel"])
+
+
 def test_tgan_always_uses_the_image_discriminator_and_no_anchors():
     run = tiny_run("method=tgan")
     levels = []

@@ -140,8 +140,9 @@ class Adaptation:
         return g.synthesis(g.latents(self.method.map_z(latents.z), inject_index=latents.inject_index), noise="random")
 
     def _patch_level(self) -> int | None:
-        """None = image-level D (anchor iterations, and always for methods without anchors)."""
-        if not self.method.uses_anchors or is_anchor_iteration(self.step, self.config.anchors):
+        """None = image-level D (anchor iterations, always for methods without anchors, and with off_anchor_d=image)."""
+        anchors = self.config.anchors
+        if not self.method.uses_anchors or is_anchor_iteration(self.step, anchors) or anchors.off_anchor_d == "image":
             return None
         return int(torch.randint(0, self.config.anchors.patch_levels, (), generator=self.schedule_rng))
 
