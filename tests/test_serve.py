@@ -124,7 +124,9 @@ def test_pair_route_is_fsg_sample_paired_with_the_recorded_source(server: Server
     served = server.get("/v1/models/faces/pairs/3.png")
     assert served.status_code == 200, served.text
     expected = fsg_sample(tmp_path, "--generator", server.runs["faces"], "--pair-with", "toy:faces", "--seeds", "3", "--columns", "1")
-    assert served.content == expected
+    # Within one level, not byte for byte: on some CPUs (seen on the 2026-12-06 box, and on main before this
+    # test changed) one row of the source's half differs by 1/255 between the replica and `fsg sample`.
+    assert np.abs(decode(served.content) - decode(expected)).max() <= 1
     assert Image.open(io.BytesIO(served.content)).size == (64 + 4, 2 * 64 + 6)
 
 
