@@ -144,7 +144,7 @@ class Adaptation:
         anchors = self.config.anchors
         if not self.method.uses_anchors or is_anchor_iteration(self.step, anchors) or anchors.off_anchor_d == "image":
             return None
-        return int(torch.randint(0, self.config.anchors.patch_levels, (), generator=self.schedule_rng))
+        return int(torch.randint(0, anchors.patch_levels, (), generator=self.schedule_rng))
 
     def _realism(self, images: Tensor, patch_level: int | None) -> Tensor:
         if self.augment is not None:

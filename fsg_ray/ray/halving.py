@@ -58,8 +58,15 @@ class SuccessiveHalving(FIFOScheduler):
 
     # --- what the trials' reports say ---------------------------------------------------------------
 
-    def _step(self, trial: Trial) -> int:
-        return int((trial.last_result or {}).get(self.time_attr, 0))
+    @staticmethod
+    def _report(trial: Trial, current: tuple[Trial, dict] | None = None) -> dict:
+        """The trial's last report: for `current`, the one Tune is handing in now (not yet its last_result)."""
+        if current is not None and trial is current[0]:
+            return current[1]
+        return trial.last_result or {}
+
+    def _step(self, trial: Trial, current: tuple[Trial, dict] | None = None) -> int:
+        return int(self._report(trial, current).get(self.time_attr, 0))
 
     def _is_judged(self, rung: int, trials: list[Trial]) -> bool:
         """Judged here, or before a restore: a trial went past the rung, or one was stopped on it."""
@@ -71,9 +78,9 @@ class SuccessiveHalving(FIFOScheduler):
         """The first rung at or below `step` not yet judged: where a trial at `step` has to wait."""
         return next((rung for rung in self.rungs if rung <= step and not self._is_judged(rung, trials)), None)
 
-    def _score(self, trial: Trial, result: dict | None = None) -> float:
+    def _score(self, trial: Trial, current: tuple[Trial, dict] | None = None) -> float:
         """Higher is better; a trial without a number ranks last."""
-        value = (result if result is not None else trial.last_result or {}).get(self._metric)
+        value = self._report(trial, current).get(self._metric)
         if value is None or math.isnan(float(value)):
             return -math.inf
         return float(value) if self._mode == "max" else -float(value)
@@ -82,13 +89,10 @@ class SuccessiveHalving(FIFOScheduler):
         """The trials that go on from `rung`: survivors(n) of the n that reached it. Those already past it
         went on; the rest are the best of the ones still on it. Derived from the reports alone, because
         Tune's snapshot keeps a paused trial that was stopped as PAUSED: a restored search stops it again."""
-        def step(t: Trial) -> int:
-            return int(current[1][self.time_attr]) if current is not None and t is current[0] else self._step(t)
-
-        reached = [t for t in trials if t.status != Trial.ERROR and step(t) >= rung]
-        past = {t.trial_id for t in reached if step(t) > rung}
-        on_rung = [t for t in reached if step(t) == rung and t.status in LIVE]
-        on_rung.sort(key=lambda t: self._score(t, current[1] if current is not None and t is current[0] else None), reverse=True)
+        reached = [t for t in trials if t.status != Trial.ERROR and self._step(t, current) >= rung]
+        past = {t.trial_id for t in reached if self._step(t, current) > rung}
+        on_rung = [t for t in reached if self._step(t, current) == rung and t.status in LIVE]
+        on_rung.sort(key=lambda t: self._score(t, current), reverse=True)
         return past | {t.trial_id for t in on_rung[: max(0, survivors(len(reached), self.reduction_factor) - len(past))]}
 
     # --- Tune's calls -------------------------------------------------------------------------------
@@ -106,7 +110,7 @@ class SuccessiveHalving(FIFOScheduler):
         rung = self._waiting_rung(step, trials)
         if rung is None:
             return TrialScheduler.CONTINUE
-        if not self._all_reached(rung, trials, trial, step):
+        if not self._all_reached(rung, trials, current=(trial, result)):
             return TrialScheduler.PAUSE
         continuing = self._judge(tune_controller, rung, trials, current=(trial, result))
         if not continuing:
@@ -141,11 +145,11 @@ class SuccessiveHalving(FIFOScheduler):
 
     # --- judging a rung -----------------------------------------------------------------------------
 
-    def _all_reached(self, rung: int, trials: list[Trial], current: Trial | None = None, step: int = 0) -> bool:
+    def _all_reached(self, rung: int, trials: list[Trial], current: tuple[Trial, dict] | None = None) -> bool:
         """Every trial there will be exists, and every live one has reported at or past the rung."""
         if len(trials) < self.num_trials:
             return False
-        return all((step if t is current else self._step(t)) >= rung for t in trials if t.status in LIVE)
+        return all(self._step(t, current) >= rung for t in trials if t.status in LIVE)
 
     def _judge_complete_rungs(self, tune_controller: "TuneController") -> None:
         """After a trial left: a rung that only it had still to reach is judged now."""
