@@ -241,17 +241,28 @@ def test_the_random_searcher_draws_from_base_seed_so_a_search_without_asha_sampl
     assert sampled_configs(load_search_config(shipped, ["base.seed=1"])) != first
 
 
-def test_the_noise_setting_can_be_searched_as_a_choice(tmp_path):
-    data = changed("search/noise.strength", {"space": "choice", "values": ["learned", "frozen", "penalised"]})
-    search = load_search_config(write(tmp_path, data))
-    assert search.search["noise.strength"].values == ("learned", "frozen", "penalised")
-    config = search.trial_config({"cdc.weight": 250.0, "anchors.every": 2, "noise.strength": "penalised"})
-    assert config.noise.strength == "penalised"
+@pytest.mark.parametrize(
+    ("key", "values", "picked"),
+    [("noise.strength", ["learned", "frozen", "penalised"], "penalised"), ("anchors.off_anchor_d", ["patch", "image"], "image")],
+)
+def test_a_named_setting_can_be_searched_as_a_choice(tmp_path, key, values, picked):
+    search = load_search_config(write(tmp_path, changed(f"search/{key}", {"space": "choice", "values": values})))
+    assert search.search[key].values == tuple(values)
+    config = search.trial_config({"cdc.weight": 250.0, "anchors.every": 2, key: picked})
+    section, field = key.split(".")
+    assert getattr(getattr(config, section), field) == picked
 
 
-def test_an_unknown_noise_setting_in_a_search_is_rejected_naming_the_key(tmp_path):
-    config = write(tmp_path, changed("search/noise.strength", {"space": "choice", "values": ["learned", "muted"]}))
-    with pytest.raises(ConfigError, match=r"search\.noise\.strength: the value 'muted' does not fit \(noise\.strength: expected one of"):
+@pytest.mark.parametrize(
+    ("key", "values", "message"),
+    [
+        ("noise.strength", ["learned", "muted"], r"search\.noise\.strength: the value 'muted' does not fit \(noise\.strength: expected one of"),
+        ("anchors.off_anchor_d", ["patch", "pixel"], r"search\.anchors\.off_anchor_d: the value 'pixel' does not fit \(anchors\.off_anchor_d: expected patch or image"),
+    ],
+)
+def test_an_unknown_named_setting_in_a_search_is_rejected_naming_the_key(tmp_path, key, values, message):
+    config = write(tmp_path, changed(f"search/{key}", {"space": "choice", "values": values}))
+    with pytest.raises(ConfigError, match=message):
         load_search_config(config)
 
 
